@@ -1,0 +1,1 @@
+from .fusion import bn_scale_shift, fuse_conv_bn

@@ -1,0 +1,177 @@
+"""The model contract shared by every mlpvision family.
+
+:class:`PyramidNet` is the base of the four-stage, NCHW families (AS-MLP, Hire-MLP, Strip-MLP, RepMLP-Res50,
+RepMLPNet): a subclass builds ``stem``, ``stages`` (an ``nn.Sequential`` of four stages), ``norm`` (the final norm,
+applied to the NCHW map, or ``nn.Identity``) and calls :meth:`PyramidNet._init_head`; everything in timm's model
+contract then comes from here (``forward_features``, ``forward_head``, ``forward_intermediates``,
+``prune_intermediate_layers``, ``reset_classifier``, ``set_grad_checkpointing``, ``group_matcher``).
+
+Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+__all__ = ['PyramidNet', 'check_input', 'to_2tuple_int']
+
+
+def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def check_input(
+        x: torch.Tensor,
+        in_chans: int,
+        img_size: tuple[int, int] | None = None,
+        multiple: int | tuple[int, int] | None = None,
+        model_name: str = 'this model',
+) -> None:
+    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
+
+    Args:
+        in_chans: channels the model was built for.
+        img_size: the only (H, W) the model accepts (fixed-size models), or None.
+        multiple: H and W must be multiples of this (or of (mh, mw)), or None.
+    """
+    if x.ndim != 4:
+        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got a tensor of shape {tuple(x.shape)}.')
+    c, h, w = x.shape[1:]
+    if c != in_chans:
+        raise ValueError(
+            f'{model_name} was built for {in_chans}-channel input but got {c} channels (input shape {tuple(x.shape)}). '
+            f'Convert the images, or build the model with in_chans={c}.')
+    if img_size is not None and (h, w) != tuple(img_size):
+        raise ValueError(
+            f'{model_name} was built for {img_size[0]}x{img_size[1]} input but got {h}x{w}. '
+            f'Resize the input, or build the model with img_size=({h}, {w}) (weights sized for another input size '
+            f'will not load).')
+    if multiple is not None:
+        mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
+        if h % mh or w % mw:
+            raise ValueError(
+                f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
+                f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
+
+
+class PyramidNet(nn.Module):
+    """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc)."""
+
+    stem: nn.Module
+    stages: nn.Sequential
+    norm: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def _init_head(self, num_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.) -> None:
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = num_features
+        self.drop_rate = drop_rate
+        self.head = ClassifierHead(num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+
+    # --- input ---------------------------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError when ``x`` does not fit; families override to add size rules."""
+        check_input(x, self.in_chans, model_name=type(self).__name__)
+
+    # --- timm contract -------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.stages:
+            if hasattr(s, 'grad_checkpointing'):
+                s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stem(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (strides 4, 8, 16, 32 for the families here) and, unless ``intermediates_only``, the
+        final normed feature map. ``norm=True`` applies the final norm to the last stage's output only, since the
+        other stages have no norm of their own in these architectures."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}.")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.forward_stem(x)
+        last = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == len(self.stages):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
