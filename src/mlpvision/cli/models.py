@@ -1,0 +1,27 @@
+"""List mlpvision's models: parameters, GMACs at the default input size (one multiply-add = one MAC, the papers'
+"FLOPs"), input size, the paper's top-1 and figures, and the source."""
+from __future__ import annotations
+
+import argparse
+
+HELP = 'list the registered models with params, GMACs and paper figures'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('pattern', nargs='?', default='*', help="glob over model names (default '*')")
+    p.add_argument('--format', choices=('table', 'csv', 'md'), default='table')
+    p.add_argument('--names-only', action='store_true', help='print only the names')
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlpvision.model_table import format_rows, model_rows
+    from mlpvision.models import list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f'no mlpvision model matches {args.pattern!r}; `mlpvision models` lists them all.')
+    if args.names_only:
+        print('\n'.join(names))
+        return 0
+    print(format_rows(model_rows(args.pattern), args.format), end='')
+    return 0
