@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS = {
     'models': 'models',
     'demo': 'demo',
+    'bench': 'bench',
 }
 
 
