@@ -95,16 +95,17 @@ class ModelMeta:
     Attributes:
         paper: paper and table, e.g. 'arXiv:2105.03404 Table 1'.
         official: official implementation as 'owner/repo@commit:file'.
-        params: exact parameter count of the official implementation (``sum(p.numel())``), train form.
+        params: exact parameter count of the official implementation (``sum(p.numel())``), train form; None only
+            for a model with no official code (``notes`` then says how its size was checked).
         gmacs: the official implementation's MACs at the default input size (fvcore; shared reference
-            official.json), in G.
+            official.json), in G; None where no official code exists.
         params_paper / gmacs_paper / top1_paper: the figures as the paper (or official README) prints them.
         deploy_params: exact parameter count of the official deploy form, where there is one.
     """
     paper: str
     official: str
-    params: int
-    gmacs: float
+    params: int | None
+    gmacs: float | None
     params_paper: str | None = None
     gmacs_paper: float | None = None
     top1_paper: float | None = None
@@ -128,7 +129,7 @@ def generate_cfgs(cfgs: dict[str, dict]) -> dict:
         _MODEL_META[key.split('.', 1)[0]] = meta
         cfg.setdefault('paper_ids', meta.paper)
         cfg.setdefault('origin_url', 'https://github.com/' + meta.official.split('@', 1)[0])
-        cfg.setdefault('notes', (f'official: {meta.official}; params {meta.params}',))
+        cfg.setdefault('notes', (f'official: {meta.official}; params {meta.params}',) if meta.params else ())
         out[key] = cfg
     return generate_default_cfgs(out)
 
