@@ -83,7 +83,7 @@ def test_contract(name):
     torch.testing.assert_close(full, logits)
     torch.testing.assert_close(final, feats)
     assert len(inter) == len(model.feature_info)
-    for t, info in zip(inter, model.feature_info):
+    for t, info in zip(inter, model.feature_info, strict=True):
         assert t.shape[1] == info['num_chs']
         assert t.shape[-1] == x.shape[-1] // info['reduction']
 
@@ -150,7 +150,7 @@ def test_deploy_equivalence_float64(name):
     if not _has_reparam(model):
         pytest.skip(f'{name} has no re-parameterisable part')
     _randomise_norm_stats(model)
-    for n, p in model.named_parameters():  # move LayerScale / Affine / GRN off their trivial init
+    for p in model.parameters():  # move LayerScale / Affine / GRN off their trivial init
         if p.ndim == 1:
             p.add_(torch.randn_like(p) * 0.05)
     x = _input(model, batch=1, dtype=torch.float64)
