@@ -116,3 +116,13 @@ def test_official_checkpoint_loads_into_deploy_form(tmp_path):
         y = model(make_input(**rec['input']))
     ref = torch.tensor(rec['logits'])
     assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_features_only_with_checkpoint(s12, tmp_path):
+    path = save_state_dict(s12, tmp_path / 's12.safetensors')
+    feat = mlpvision.create_model('resmlp_s12', features_only=True, checkpoint_path=path, out_indices=(11,)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        (f,) = feat(x)
+        _, (ref,) = s12.forward_intermediates(x, indices=[11])
+    torch.testing.assert_close(f, ref)

@@ -81,6 +81,15 @@ def create_model(
         raise _unknown_model_error(name)
     if deploy:
         kwargs['deploy'] = True
+    if checkpoint_path is not None and kwargs.get('features_only'):
+        # the weights must go in before timm wraps the model as a feature extractor: hand timm the state_dict
+        # (read here, safely) as a pretrained source, so it passes through the family's checkpoint_filter_fn
+        from .._checkpoint import CheckpointError, read_state_dict
+        sd = read_state_dict(checkpoint_path)
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=sd), **kwargs)
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f'Checkpoint {str(checkpoint_path)!r} does not fit {name}: {e}') from e
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         from .._checkpoint import load_checkpoint
