@@ -249,7 +249,8 @@ class ASMLP(PyramidNet):
 
         self.stem = Stem(in_chans, embed_dim, patch_size, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)  # official name; it is a plain dropout (AS-MLP has no position embedding)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        # the official float32 linspace; on the CPU so that building under torch.device('meta') can read it
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))
         block_kwargs = dict(shift_size=shift_size, mlp_ratio=mlp_ratio, as_bias=as_bias, drop=drop_rate,
                             dilation=dilation, pad_mode=pad_mode, connection=connection, shift_impl=shift_impl,
                             act_layer=act_layer)
