@@ -4,3 +4,4 @@ from ._registry import ModelMeta, create_model, is_model, list_models, model_fam
 from .as_mlp import *  # noqa: F403
 from .hire_mlp import *  # noqa: F403
 from .resmlp import *  # noqa: F403
+from .strip_mlp import *  # noqa: F403
