@@ -5,10 +5,11 @@ The default suite runs the smallest variant of each family (by official paramete
 """
 import pytest
 import torch
-from fill import fill_state_dict, make_input
 
 import mlpvision
+
 from conftest import parity_models, parity_record
+from fill import fill_state_dict, make_input
 
 TOL = 1e-4  # compiled vs eager, relative to the largest logit
 
