@@ -88,3 +88,11 @@ def test_mlp_forward(xwb):
     y = mlp_forward(mlp, x)
     torch.manual_seed(0)
     assert torch.equal(y, mlp(x))  # training: F.linear, dropout in the same places
+
+
+def test_flop_counter_sees_the_linear(xwb):
+    from torch.utils.flop_counter import FlopCounterMode
+    x, w, b = xwb
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        linear(x, w, b, nn.GELU())
+    assert counter.get_total_flops() == 2 * 2 * 7 * 48 * 96

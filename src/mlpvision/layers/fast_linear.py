@@ -7,7 +7,8 @@ twice as fast as MKL (ResMLP-S12's fc1 at batch 8, one thread: 115 vs 55 GMAC/s)
 
 :func:`linear` takes the oneDNN path only where it is exact up to float rounding and needs nothing else: a CPU
 float32 input and weight, no autograd (``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require
-grad), no autocast, and not while ``torch.compile`` traces (inductor picks its own kernels). Everywhere else it is
+grad), no autocast, not while ``torch.compile`` traces (inductor picks its own kernels) and not under a Python
+dispatch mode (``FlopCounterMode`` counts only aten ops). Everywhere else it is
 ``act(F.linear(x, weight, bias))``. ``set_onednn_linear(False)`` or the environment variable
 ``MLPVISION_ONEDNN_LINEAR=0`` turns the path off (to compare, or on a machine where BLAS is faster).
 """
@@ -54,10 +55,16 @@ def _act_attr(act: nn.Module | None) -> tuple[str, str] | None:
     return None
 
 
+def _dispatch_mode_active() -> bool:
+    # a Python dispatch mode (FlopCounterMode in mlpvision.profile, FakeTensorMode, ...) sees only aten ops: give it
+    # the F.linear it knows how to count or trace
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     if not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu'):
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu') or _dispatch_mode_active():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
