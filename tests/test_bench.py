@@ -49,7 +49,7 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
     assert int(rows[0]['params']) == mlpvision.count_params(tiny)
     for r in rows:
         assert r['input_size'] == '32x32' and r['form'] == 'train' and r['dtype'] == 'fp32'
-        assert r['batch_size'] == '8' and r['threads'] == '1' and r['repeats'] == '2'
+        assert r['batch_size'] == '8' and r['threads'] == '1' and r['repeats'] == '2' and r['clock'] == 'wall'
         for k in NUMERIC + ('train_img_s', 'peak_mem_train_mib'):
             assert float(r[k]) >= 0, k
         assert float(r['latency_p90_ms']) >= float(r['latency_p50_ms'])
@@ -69,12 +69,13 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
 
 def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
     args = [*TINY, '--dtype', 'bf16', '--reparam', '--channels-last', '--no-train', '--batch-size', '2',
-            '--repeats', '1', '--warmup', '0', '--out', str(tmp_path)]
+            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--out', str(tmp_path)]
     assert main(['bench', *args]) == 0
     (row,) = _read_csv(tmp_path / 'bench.csv')
     deployed = mlpvision.create_model('resmlp_s12', depth=1, embed_dim=32, img_size=32, deploy=True)
     assert row['form'] == 'deploy' and int(row['params']) == mlpvision.count_params(deployed)
     assert row['dtype'] == 'bf16' and row['channels_last'] == 'True' and row['batch_size'] == '2'
+    assert row['clock'] == 'cpu'
     assert row['train_img_s'] == '' and row['peak_mem_train_mib'] == ''
     for k in NUMERIC:
         assert float(row[k]) >= 0, k

@@ -80,6 +80,9 @@ class BenchSettings:
         repeats: interleaved timed repeats.
         iters: timed calls per repeat; 0 = chosen per model and kind so one repeat lasts about ``repeat_time`` s.
         repeat_time: target seconds per repeat when ``iters`` is 0.
+        clock: 'wall' (``time.perf_counter``) or 'cpu' (``time.process_time``, the CPU time of this process: with
+            one thread a load-robust proxy on a shared machine, since time spent descheduled is not counted; with
+            several threads it adds up their times, so it is not a throughput).
         latency / train / memory: whether to measure batch-1 latency, training throughput, peak memory.
         model_kwargs: extra constructor kwargs for the mlpvision models (not the baselines); paper figures are left
             out when given, since they no longer describe the model.
@@ -97,6 +100,7 @@ class BenchSettings:
     repeats: int = 5
     iters: int = 0
     repeat_time: float = 0.5
+    clock: str = 'wall'
     latency: bool = True
     train: bool = True
     memory: bool = True
@@ -117,6 +121,10 @@ class BenchSettings:
                 raise ValueError(f'{name} must be 0 or more; got {getattr(self, name)}.')
         if self.img_size is not None and self.img_size < 1:
             raise ValueError(f'img_size must be positive; got {self.img_size}.')
+        if self.clock not in ('wall', 'cpu'):
+            raise ValueError(f"clock must be 'wall' or 'cpu'; got {self.clock!r}.")
+        if self.clock == 'cpu' and torch.device(self.device).type == 'cuda':
+            raise ValueError("clock 'cpu' measures host CPU time and cannot time CUDA work; use clock 'wall'.")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f'threads must be at least 1; got {self.threads}.')
 
@@ -248,6 +256,7 @@ class _Bench:
         self.name, self.source, self.s = name, source, s
         self.device = torch.device(s.device)
         self.amp = DTYPES[s.dtype] if s.dtype != 'fp32' else None
+        self.clock = time.perf_counter if s.clock == 'wall' else time.process_time
         cfg = timm.models.get_pretrained_cfg(name.split('.', 1)[0])
         default_size = tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
         self.input_size = (default_size[0], s.img_size, s.img_size) if s.img_size else default_size
@@ -334,10 +343,10 @@ class _Bench:
 
     def _timed(self, fn: Callable[[], None]) -> float:
         self._sync()
-        t = time.perf_counter()
+        t = self.clock()
         fn()
         self._sync()
-        return time.perf_counter() - t
+        return self.clock() - t
 
     def warmup(self) -> None:
         for kind in self.kinds():
@@ -382,11 +391,11 @@ class _Bench:
                 out[kind] = statistics.median(times) * 1e3
             else:
                 self._sync()
-                t = time.perf_counter()
+                t = self.clock()
                 for _ in range(n):
                     fn()
                 self._sync()
-                rate = n * self.s.batch_size / (time.perf_counter() - t)
+                rate = n * self.s.batch_size / max(self.clock() - t, 1e-9)
                 self.samples[kind].append(rate)
                 out[kind] = rate
         return out
@@ -506,7 +515,7 @@ def environment(settings: BenchSettings) -> dict[str, str]:
     return env
 
 
-CSV_SETTINGS = ('batch_size', 'device', 'dtype', 'channels_last', 'compile', 'threads', 'repeats')
+CSV_SETTINGS = ('batch_size', 'device', 'dtype', 'channels_last', 'compile', 'threads', 'repeats', 'clock')
 
 
 def write_csv(results: Sequence[BenchResult], settings: BenchSettings, env: dict[str, str], path: str | Path) -> None:
@@ -536,7 +545,8 @@ def describe_settings(s: BenchSettings) -> str:
              'channels-last' if s.channels_last else 'contiguous (NCHW)',
              f'torch.compile{f" mode={s.compile_mode}" if s.compile_mode else ""}' if s.compile else 'eager',
              'deploy form' if s.reparam else 'training form', f'warm-up {s.warmup}', f'repeats {s.repeats}',
-             f'iters/repeat {s.iters}' if s.iters else f'iters/repeat: auto (~{s.repeat_time:g} s)']
+             f'iters/repeat {s.iters}' if s.iters else f'iters/repeat: auto (~{s.repeat_time:g} s)',
+             'wall clock' if s.clock == 'wall' else 'CPU-time clock (time.process_time)']
     if s.model_kwargs:
         parts.append(f'model kwargs {s.model_kwargs}')
     return ', '.join(parts)

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--iters', type=int, default=0,
                    help='timed calls per repeat (default 0: auto, about --repeat-time seconds per repeat)')
     p.add_argument('--repeat-time', type=float, default=0.5, help='target seconds per repeat with --iters 0')
+    p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='wall (default) or cpu: process CPU time, a load-robust proxy on a shared machine with '
+                        '--threads 1 (not a throughput with more threads)')
     p.add_argument('--no-latency', action='store_true', help='skip the batch-1 latency measurement')
     p.add_argument('--no-train', action='store_true', help='skip the training-step measurement')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory probe')
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, img_size=args.img_size,
         channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode, reparam=args.reparam,
         threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
-        repeat_time=args.repeat_time, latency=not args.no_latency, train=not args.no_train,
+        repeat_time=args.repeat_time, clock=args.clock, latency=not args.no_latency, train=not args.no_train,
         memory=not args.no_memory, model_kwargs=parse_kwargs(args.model_kwargs))
     baselines = [b for group in args.baseline for b in group.split(',')]
     models = resolve_models(args.pattern, baselines)
