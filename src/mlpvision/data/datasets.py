@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = ['DATASETS', 'DatasetError', 'CorruptImageError', 'DatasetInfo', 'build_dataset', 'ImageFileDataset',
@@ -85,8 +85,9 @@ def _load_image(path: str) -> Image.Image:
             img = Image.open(f)
             img.load()  # decode now, so a truncated file fails here and not later in a transform
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise CorruptImageError(
-            f'corrupt image {path!r} ({type(e).__name__}: {e}); remove it or pass --skip-corrupt') from None
+        # PIL's "cannot identify image file <_io.BufferedReader ...>" says no more than this
+        detail = 'not an image PIL can read' if isinstance(e, UnidentifiedImageError) else f'{type(e).__name__}: {e}'
+        raise CorruptImageError(f'corrupt image {path!r} ({detail}); remove it or pass --skip-corrupt') from None
     return img
 
 

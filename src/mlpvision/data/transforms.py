@@ -79,6 +79,34 @@ def resolve_data_config(
     )
 
 
+def _posterize_zero_bits_fix() -> None:
+    """Let timm's RandAugment posterize to 0 bits again.
+
+    timm maps some magnitudes to ``posterize(bits=0)`` (PosterizeIncreasing at the maximum level, which
+    ``rand-m9-mstd0.5-inc1`` reaches now and then; Posterize at low levels). Pillow used to return a black image for
+    0 bits; recent Pillow raises ValueError instead, which stops training part-way through an epoch. Where Pillow
+    raises, timm's op table gets a posterize that returns the black image, as before.
+    """
+    from PIL import ImageOps
+    from timm.data import auto_augment
+
+    try:
+        ImageOps.posterize(Image.new('L', (1, 1)), 0)
+        return
+    except ValueError:
+        pass
+    original = auto_augment.posterize
+
+    def posterize(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+        if bits_to_keep <= 0:
+            return Image.new(img.mode, img.size)  # keeping no bits zeroes every pixel
+        return original(img, bits_to_keep, **kwargs)
+
+    for name, fn in list(auto_augment.NAME_TO_OP.items()):
+        if fn is original:
+            auto_augment.NAME_TO_OP[name] = posterize
+
+
 class ToMode:
     """Convert a PIL image to 'L' (one channel) or 'RGB' (three), whatever it was stored as."""
 
@@ -120,6 +148,8 @@ def build_transform(
     if train_crop not in ('rrc', 'pad'):
         raise ValueError(f"train_crop must be 'rrc' or 'pad', got {train_crop!r}.")
     aa = None if auto_augment in (None, '', 'none') else auto_augment
+    if aa is not None:
+        _posterize_zero_bits_fix()
     tf = create_transform(
         input_size=data_cfg.input_size,
         is_training=is_training,

@@ -102,11 +102,20 @@ def load_checkpoint_file(path: str | Path) -> dict:
 
 
 def _check(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """mlpvision's strict key and shape check, its report joined into one line."""
+    """mlpvision's strict key and shape check, reported in one line: counts and one example of each mismatch."""
     try:
         check_state_dict(model, sd, source)
-    except CheckpointError as e:
-        raise CheckpointError(' '.join(line.strip() for line in str(e).splitlines())) from None
+    except CheckpointError:
+        own = model.state_dict()
+        missing = sorted(own.keys() - sd.keys())
+        unexpected = sorted(sd.keys() - own.keys())
+        shaped = [f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+        parts = [f'{len(keys)} {kind} (e.g. {keys[0]})' for kind, keys in
+                 (('missing keys', missing), ('unexpected keys', unexpected), ('mis-shaped', shaped)) if keys]
+        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+        raise CheckpointError(f'{source} does not fit {name}: {", ".join(parts)}; is it a checkpoint of another '
+                              f'model or configuration?') from None
 
 
 def _mapped(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

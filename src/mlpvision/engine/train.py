@@ -413,6 +413,8 @@ class _Run:
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if cfg.sync_bn and info.distributed:
+            if info.device.type != 'cuda':
+                raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model_raw = model
         wrapped = model
@@ -479,7 +481,8 @@ class _Run:
     def save_last(self) -> None:
         """Write last.pth (every process takes part: the RNG states of all of them are gathered)."""
         if not _all_finite(self.model_raw):
-            raise NonFiniteLossError(self._nan_message('the weights are no longer finite'))
+            raise NonFiniteLossError(self._nan_message('the weights are no longer finite',
+                                                       self.state.step_in_epoch))
         per_rank = self._per_rank()
         if not self.info.primary:
             return
@@ -539,9 +542,8 @@ class _Run:
             _logger.info('resumed from %s: epoch %d, step %d of %d (global step %d)', path, s.epoch + 1,
                          s.step_in_epoch, self.steps, s.global_step)
 
-    def _nan_message(self, what: str) -> str:
-        s = self.state
-        where = f'at epoch {s.epoch + 1}, step {s.step_in_epoch}'
+    def _nan_message(self, what: str, step_in_epoch: int) -> str:
+        where = f'at epoch {self.state.epoch + 1}, step {step_in_epoch}'
         keep = (f'the last good checkpoint is {str(self.last_saved)!r}' if self.last_saved
                 else 'no checkpoint had been written yet')
         return (f'{what} {where}; training stopped and {keep}. Lower --lr, set --clip-grad, or use --amp bf16 or '
@@ -639,7 +641,7 @@ class _Run:
         except CorruptImageError as e:
             raise CorruptImageError(_clean_worker_error(e)) from None
         except NonFiniteLossError as e:
-            raise NonFiniteLossError(self._nan_message(str(e).split(' at epoch')[0])) from None
+            raise NonFiniteLossError(self._nan_message(str(e).split(' at epoch')[0], s.step_in_epoch + 1)) from None
         except torch.OutOfMemoryError as e:
             raise BatchSizeError(f'batch size {cfg.batch_size} does not fit in {info.device} memory '
                                  f'({str(e).splitlines()[0][:120]}); lower --batch-size, or use --amp bf16 / '
@@ -682,6 +684,9 @@ def fit(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     if progress is None:
         progress = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     started_group = not (dist.is_available() and dist.is_initialized())
+    # settings a run may change, restored afterwards for the caller
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
     info = init_distributed(cfg.device)
     try:
         run = _Run(cfg, info, progress)
@@ -692,5 +697,7 @@ def fit(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
                 from None
         return run.run()
     finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
         if started_group:
             destroy_distributed()
