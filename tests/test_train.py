@@ -186,3 +186,26 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match='last good checkpoint is .*last.pth'):
         fit(resolve_config(None, dict(resume=str(first.last), epochs=2, std=[1e-45, 1e-45, 1e-45])))
     assert first.last.read_bytes() == before
+
+
+def _smallest_per_family() -> list[str]:
+    import mlpvision
+    from mlpvision.models import model_family
+    best: dict[str, str] = {}
+    for name in mlpvision.list_models():
+        fam = model_family(name)
+        if fam not in best or mlpvision.model_meta(name).params < mlpvision.model_meta(best[fam]).params:
+            best[fam] = name
+    return sorted(best.values())
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_every_family_trains_and_validates(name, tmp_path):
+    """The engine is generic: the smallest variant of each registered family trains a step at 32x32 and its
+    checkpoint validates through the family's own checkpoint mapping."""
+    from mlpvision.engine.inference import validate_checkpoint
+    cfg = make_config(dict(TINY, model=name, model_kwargs={}, fake_size=8, output=str(tmp_path / 'run')))
+    result = fit(cfg)
+    assert math.isfinite(result.final.loss) and result.best is not None
+    v = validate_checkpoint(result.best, workers=0, output_dir=tmp_path)
+    assert v.loaded.name == name and v.result.n == 8 and v.confusion_png.is_file()
