@@ -15,11 +15,17 @@ from mlpvision.data import digits_arrays
 
 ROOT = Path(__file__).parents[1]
 MODEL = ['--model', 'resmlp_s12', '--model-kwargs', 'embed_dim=16', 'depth=1', 'patch_size=8', '--img-size', '32']
-TINY = [*MODEL, '--workers', '0', '--no-tensorboard', '--no-plot', '--no-progress']
+TINY = [*MODEL, '--workers', '0', '--no-tensorboard', '--no-plot', '--no-progress', '--threads', '1']
 
 
 def cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
+    threads = torch.get_num_threads()
+    if argv[0] in ('validate', 'predict'):
+        argv = (*argv, '--threads', '1')
+    try:
+        rc = main([str(a) for a in argv])
+    finally:
+        torch.set_num_threads(threads)
     out, err = capsys.readouterr()
     return rc, out, err
 

@@ -29,7 +29,7 @@ RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / 'recipes').glob('*
 # a tiny member of a registered family and synthetic data, so a recipe runs in about a second
 TINY = dict(dataset='fake', fake_size=16, fake_classes=4, img_size=32, model='resmlp_s12',
             model_kwargs=dict(embed_dim=16, depth=1, patch_size=8), batch_size=4, epochs=1, workers=0, amp='none',
-            tensorboard=False, plot=False, progress=False)
+            tensorboard=False, plot=False, progress=False, threads=1)  # one thread: robust on a shared CPU
 
 
 def tiny(tmp_path, **kw):

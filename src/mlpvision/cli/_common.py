@@ -2,17 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
-
-
-def cpu_friendly_threads() -> None:
-    """Let idle OpenMP threads sleep instead of spinning (set before torch is imported; an existing setting wins).
-
-    On a CPU shared with other processes, spinning threads of a 2-thread torch process measured ~25x slower steps
-    than sleeping ones (the spinning thread holds the core its partner needs).
-    """
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 
 def parse_kwargs(items: list[str] | None, flag: str = '--model-kwargs') -> dict[str, Any]:
@@ -34,6 +24,13 @@ def parse_kwargs(items: list[str] | None, flag: str = '--model-kwargs') -> dict[
 def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--batch-size', '-b', type=int, default=64, help='images per batch (default 64)')
+    p.add_argument('--threads', type=int, help="CPU threads for torch (default: torch's)")
+
+
+def apply_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

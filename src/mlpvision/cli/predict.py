@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_args, add_model_args, parse_kwargs
+from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
 
 HELP = 'predict the top-k labels of images with a checkpoint'
 
@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.inference import load_for_inference, predict_images
 
+    apply_threads(args.threads)
     if args.topk < 1:
         raise ValueError(f'--topk must be at least 1, got {args.topk}')
     loaded = load_for_inference(args.checkpoint, args.model, parse_kwargs(args.model_kwargs), args.ema, args.reparam,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._common import add_device_args, add_model_args, parse_kwargs
+from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
 
 HELP = 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mlpvision.engine.inference import validate_checkpoint
 
+    apply_threads(args.threads)
     v = validate_checkpoint(
         args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir, model=args.model,
         model_kwargs=parse_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
