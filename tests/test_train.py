@@ -33,7 +33,7 @@ TINY = dict(dataset='fake', fake_size=16, fake_classes=4, img_size=32, model='re
 
 
 def tiny(tmp_path, **kw):
-    return make_config(dict(TINY, output=str(tmp_path / 'run'), **kw))
+    return make_config(dict(TINY, **dict(dict(output=str(tmp_path / 'run')), **kw)))
 
 
 def test_recipes_present_and_valid():
@@ -209,3 +209,18 @@ def test_every_family_trains_and_validates(name, tmp_path):
     assert math.isfinite(result.final.loss) and result.best is not None
     v = validate_checkpoint(result.best, workers=0, output_dir=tmp_path)
     assert v.loaded.name == name and v.result.n == 8 and v.confusion_png.is_file()
+
+
+def test_bf16_autocast_channels_last_and_grad_checkpointing_on_cpu(tmp_path):
+    result = fit(tiny(tmp_path, amp='bf16', channels_last=True, grad_checkpointing=True))
+    assert math.isfinite(result.final.loss) and result.model.grad_checkpointing
+    assert next(result.model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+    with pytest.raises(ValueError, match='fp16 needs a CUDA device'):
+        fit(tiny(tmp_path, amp='fp16', output=str(tmp_path / 'fp16')))
+
+
+@pytest.mark.slow
+def test_torch_compile(tmp_path):
+    result = fit(tiny(tmp_path, compile=True))
+    assert math.isfinite(result.final.loss)
+    assert not any(k.startswith('_orig_mod') for k in torch.load(result.last, weights_only=True)['model'])

@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = ['DATASETS', 'DatasetError', 'CorruptImageError', 'DatasetInfo', 'build_dataset', 'ImageFileDataset',
-           'ArrayDataset', 'scan_image_folder', 'caltech101_split', 'digits_arrays', 'IMG_EXTENSIONS']
+           'ArrayDataset', 'scan_image_folder', 'caltech101_split', 'digits_arrays', 'IMG_EXTENSIONS',
+           'worker_error_message', 'load_image']
 
 _logger = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class ArrayDataset(Dataset):
         return img, self.targets[index]
 
 
-def _load_image(path: str) -> Image.Image:
+def load_image(path: str) -> Image.Image:
+    """Open and decode an image file; a file PIL cannot decode raises :class:`CorruptImageError` naming it."""
     try:
         with open(path, 'rb') as f:
             img = Image.open(f)
@@ -115,7 +117,7 @@ class ImageFileDataset(Dataset):
         for attempt in range(len(self.samples)):
             path, target = self.samples[(index + attempt) % len(self.samples)]
             try:
-                img = _load_image(path)
+                img = load_image(path)
                 break
             except CorruptImageError as e:
                 if not self.skip_corrupt:
@@ -288,11 +290,14 @@ def build_dataset(
     return DatasetInfo(ImageFileDataset(samples, classes, skip_corrupt=skip_corrupt), classes, 3, name)
 
 
-def set_transform(dataset: Dataset, transform: Callable | None) -> None:
-    """Attach ``transform`` to a dataset built by :func:`build_dataset`."""
-    dataset.transform = transform
-
-
 def worker_seed_fn(worker_id: int) -> None:
     """Seed numpy in each DataLoader worker from torch's per-worker seed (torch seeds Python's random itself)."""
     np.random.seed(torch.initial_seed() % 2 ** 32)
+
+
+def worker_error_message(e: Exception) -> str:
+    """The message of an error that a DataLoader worker raised, without the worker traceback torch adds to it."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else str(e)
+    prefix = f'{type(e).__module__}.{type(e).__name__}: '
+    return last[len(prefix):] if last.startswith(prefix) else last

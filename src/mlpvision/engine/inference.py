@@ -16,7 +16,14 @@ import torch
 import torch.nn as nn
 
 from .._checkpoint import CheckpointError, unwrap_state_dict
-from ..data.datasets import IMG_EXTENSIONS, CorruptImageError, DatasetError, _load_image, build_dataset
+from ..data.datasets import (
+    IMG_EXTENSIONS,
+    CorruptImageError,
+    DatasetError,
+    build_dataset,
+    load_image,
+    worker_error_message,
+)
 from ..data.loader import create_eval_loader
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..models import create_model
@@ -194,8 +201,7 @@ def validate_checkpoint(
         res = evaluate(net, loader, loaded.num_classes, dev, classes=loaded.classes, progress=progress,
                        desc=f'validate {dataset} {split}')
     except CorruptImageError as e:
-        from .train import _clean_worker_error
-        raise CorruptImageError(_clean_worker_error(e)) from None
+        raise CorruptImageError(worker_error_message(e)) from None
     out = Path(output_dir) if output_dir else Path(checkpoint).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     stem = f'{Path(checkpoint).stem}_{dataset}_{split}'
@@ -264,7 +270,7 @@ def predict_images(
 
     for f in files:
         try:
-            img = _load_image(f)
+            img = load_image(f)
         except CorruptImageError:
             if not skip_corrupt:
                 raise

@@ -30,7 +30,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..data.datasets import CorruptImageError, DatasetInfo, build_dataset
+from ..data.datasets import CorruptImageError, DatasetInfo, build_dataset, worker_error_message
 from ..data.loader import create_eval_loader, create_train_loader, set_loader_epoch, steps_per_epoch
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..models import create_model
@@ -124,20 +124,15 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.M
         kwargs['drop_path_rate'] = cfg.drop_path_rate
     if cfg.img_size is not None and 'img_size' not in kwargs:
         kwargs['img_size'] = cfg.img_size
-    try:
-        return create_model(cfg.model, **kwargs), kwargs
-    except TypeError as e:
-        if 'img_size' in str(e) and 'img_size' not in cfg.model_kwargs:  # a model that takes any input size
-            kwargs.pop('img_size')
-            return build_model_retry(cfg.model, kwargs, e)
-        raise ValueError(f'model {cfg.model} does not accept these arguments ({e}); check --model-kwargs') from None
-
-
-def build_model_retry(name: str, kwargs: dict, first: Exception) -> tuple[nn.Module, dict]:
-    try:
-        return create_model(name, **kwargs), kwargs
-    except TypeError:
-        raise ValueError(f'model {name} does not accept these arguments ({first}); check --model-kwargs') from None
+    for attempt in range(2):
+        try:
+            return create_model(cfg.model, **kwargs), kwargs
+        except TypeError as e:
+            error = e
+            if attempt or 'img_size' not in str(e) or 'img_size' in cfg.model_kwargs:
+                break
+            kwargs.pop('img_size')  # a model that takes any input size has no img_size argument
+    raise ValueError(f'model {cfg.model} does not accept these arguments ({error}); check --model-kwargs')
 
 
 def describe_model(name: str, kwargs: dict, data_cfg: DataConfig) -> str:
@@ -177,16 +172,6 @@ def _resume_path(resume: str, output: str | None) -> Path | None:
         raise ValueError('--resume auto needs --output (the run folder holding last.pth)')
     last = Path(output) / 'last.pth'
     return last if last.is_file() else None  # nothing to resume yet: start the run
-
-
-def _clean_worker_error(e: Exception) -> str:
-    """The message of an error re-raised from a DataLoader worker, without the worker's traceback."""
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else str(e)
-    for prefix in ('mlpvision.data.datasets.CorruptImageError: ', 'CorruptImageError: '):
-        if last.startswith(prefix):
-            return last[len(prefix):]
-    return last
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -639,7 +624,7 @@ class _Run:
                 s.epoch, s.step_in_epoch, s.meters = epoch + 1, 0, Meters()
                 self.save_last()
         except CorruptImageError as e:
-            raise CorruptImageError(_clean_worker_error(e)) from None
+            raise CorruptImageError(worker_error_message(e)) from None
         except NonFiniteLossError as e:
             raise NonFiniteLossError(self._nan_message(str(e).split(' at epoch')[0], s.step_in_epoch + 1)) from None
         except torch.OutOfMemoryError as e:
