@@ -200,3 +200,8 @@ def test_demo_reaches_95_percent(tmp_path, capsys):
     assert top1 >= 95.0, out
     for name in ('best.pth', 'metrics.csv', 'curves.png'):
         assert str(tmp_path / 'demo' / name) in out
+
+
+def test_list_recipes(capsys):
+    rc, out, _ = cli(capsys, 'train', '--list-recipes')
+    assert rc == 0 and {'digits', 'resmlp_imagenet', 'stripmlp_cifar100'} <= set(out.split())

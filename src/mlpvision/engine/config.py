@@ -92,7 +92,7 @@ class TrainConfig:
     opt_betas: list[float] | None = _f(None, "optimizer betas (default: the optimizer's)")
     momentum: float = _f(0.9, 'SGD momentum')
     weight_decay: float = _f(0.05, "weight decay (never on the model's no_weight_decay() set, biases and norms)")
-    clip_grad: float | None = _f(None, 'clip gradients to this norm (none: off)')
+    clip_grad: float | None = _f(None, 'clip gradients to this norm (default: no clipping)')
     clip_mode: str = _f('norm', "gradient clipping mode: 'norm', 'value' or 'agc'")
     sched: str = _f('cosine', f'learning-rate schedule: {", ".join(SCHEDULES)}; updated every step')
     epochs: int = _f(300, 'epochs')
