@@ -82,6 +82,7 @@ def _shift_zero_filled(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
 
 def axial_shift(x: torch.Tensor, dim: int, shift_size: int, dilation: int = 1, pad_mode: str = 'zero') -> torch.Tensor:
     """Shift channel groups of an NCHW map along axis ``dim`` (the slicing implementation; see the module docstring)."""
+    _check_args(shift_size, dim, dilation, pad_mode)
     if shift_size == 1:
         return x
     offsets = shift_offsets(x.shape[1], shift_size, dilation)
