@@ -11,7 +11,7 @@ from mlpvision._checkpoint import save_state_dict
 TOL = 1e-4  # relative to the largest logit, as the fixtures README prescribes
 
 # heavy variants (> ~50 GMACs or > 100M params) run in the slow suite
-SLOW = {'resmlp_b24_p8', 'repmlpnet_l256', 'hire_mlp_large', 'as_mlp_base'}
+SLOW = {'resmlp_b24_p8', 'repmlpnet_l256', 'hire_mlp_large', 'hire_mlp_base', 'as_mlp_base'}
 
 
 def _params(name):
