@@ -72,8 +72,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f'Checkpoint {str(path)!r} could not be read: it is truncated, corrupt, or not a weights file '
-            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). Only tensors, dicts and plain values are '
-            f'loaded (weights_only=True); re-download or re-save the file.') from e
+            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). Only tensors, dicts and plain values '
+            f'are loaded (weights_only=True); re-download or re-save the file.') from e
     except Exception as e:  # safetensors raises its own SafetensorError
         raise CheckpointError(f'Checkpoint {str(path)!r} could not be read: {type(e).__name__}: {e}.') from e
     if not isinstance(obj, Mapping):
