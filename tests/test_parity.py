@@ -2,11 +2,12 @@
 loaded through each family's checkpoint_filter_fn reproduce the official model's logits, in train and deploy form."""
 import pytest
 import torch
-from conftest import parity_models, parity_record
-from fill import fill_state_dict, make_input
 
 import mlpvision
 from mlpvision._checkpoint import save_state_dict
+
+from conftest import parity_models, parity_record
+from fill import fill_state_dict, make_input
 
 TOL = 1e-4  # relative to the largest logit, as the fixtures README prescribes
 

@@ -60,5 +60,5 @@ def format_rows(rows: list[ModelRow], fmt: str = 'table') -> str:
     if fmt != 'table':
         raise ValueError(f"format must be one of table, csv, md; got {fmt!r}.")
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
-    line = lambda c: '  '.join(x.ljust(w) for x, w in zip(c, widths)).rstrip()  # noqa: E731
+    line = lambda c: '  '.join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip()  # noqa: E731
     return '\n'.join([line(COLUMNS), line(['-' * w for w in widths])] + [line(c) for c in cells]) + '\n'

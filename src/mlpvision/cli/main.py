@@ -15,7 +15,8 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='mlpvision', description='Vision-MLP backbones: models, training, benchmarks.')
+    parser = argparse.ArgumentParser(prog='mlpvision',
+                                     description='Vision-MLP backbones: models, training, benchmarks.')
     parser.add_argument('--version', action='version', version=f'%(prog)s {_version()}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True

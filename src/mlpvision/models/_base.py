@@ -43,7 +43,7 @@ def check_input(
         multiple: H and W must be multiples of this (or of (mh, mw)), or None.
     """
     if x.ndim != 4:
-        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got a tensor of shape {tuple(x.shape)}.')
+        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
     c, h, w = x.shape[1:]
     if c != in_chans:
         raise ValueError(

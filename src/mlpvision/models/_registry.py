@@ -81,6 +81,15 @@ def create_model(
         raise _unknown_model_error(name)
     if deploy:
         kwargs['deploy'] = True
+    if checkpoint_path is not None and kwargs.get('features_only'):
+        # the weights must go in before timm wraps the model as a feature extractor: hand timm the state_dict
+        # (read here, safely) as a pretrained source, so it passes through the family's checkpoint_filter_fn
+        from .._checkpoint import CheckpointError, read_state_dict
+        sd = read_state_dict(checkpoint_path)
+        try:
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=sd), **kwargs)
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f'Checkpoint {str(checkpoint_path)!r} does not fit {name}: {e}') from e
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         from .._checkpoint import load_checkpoint
@@ -95,16 +104,17 @@ class ModelMeta:
     Attributes:
         paper: paper and table, e.g. 'arXiv:2105.03404 Table 1'.
         official: official implementation as 'owner/repo@commit:file'.
-        params: exact parameter count of the official implementation (``sum(p.numel())``), train form.
+        params: exact parameter count of the official implementation (``sum(p.numel())``), train form; None only
+            for a model with no official code (``notes`` then says how its size was checked).
         gmacs: the official implementation's MACs at the default input size (fvcore; shared reference
-            official.json), in G.
+            official.json), in G; None where no official code exists.
         params_paper / gmacs_paper / top1_paper: the figures as the paper (or official README) prints them.
         deploy_params: exact parameter count of the official deploy form, where there is one.
     """
     paper: str
     official: str
-    params: int
-    gmacs: float
+    params: int | None
+    gmacs: float | None
     params_paper: str | None = None
     gmacs_paper: float | None = None
     top1_paper: float | None = None
@@ -128,7 +138,7 @@ def generate_cfgs(cfgs: dict[str, dict]) -> dict:
         _MODEL_META[key.split('.', 1)[0]] = meta
         cfg.setdefault('paper_ids', meta.paper)
         cfg.setdefault('origin_url', 'https://github.com/' + meta.official.split('@', 1)[0])
-        cfg.setdefault('notes', (f'official: {meta.official}; params {meta.params}',))
+        cfg.setdefault('notes', (f'official: {meta.official}; params {meta.params}',) if meta.params else ())
         out[key] = cfg
     return generate_default_cfgs(out)
 

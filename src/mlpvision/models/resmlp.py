@@ -26,7 +26,6 @@ official and timm names.
 from __future__ import annotations
 
 import re
-from functools import partial
 
 import torch
 import torch.nn as nn
