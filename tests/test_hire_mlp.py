@@ -12,13 +12,14 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fill import fill_state_dict, make_input
 from timm.layers import DropPath
 from timm.optim._param_groups import param_groups_weight_decay
 
 import mlpvision
-from conftest import FIXTURES, parity_record
 from mlpvision.models.hire_mlp import HireMLPNet, checkpoint_filter_fn, pad_end, shift
+
+from conftest import FIXTURES, parity_record
+from fill import fill_state_dict, make_input
 
 NONSQUARE = json.loads((FIXTURES / 'hire_mlp' / 'hire_mlp_tiny_230x301.json').read_text())
 TOL = 1e-5  # relative to the largest reference value; float32 rounding gives ~2e-7 here
