@@ -13,9 +13,8 @@ the paper's dilation and padding variants.
 
 Two implementations give bit-identical results, forward and backward:
 
-* ``'slice'`` moves each channel group with one pad (zero: a pad that crops one side and fills the other; other modes:
-  pad both sides, then narrow) and concatenates the groups: copies only, no arithmetic, so it is exact in every dtype
-  and under autocast / TF32;
+* ``'slice'`` pads each channel group along the shifted axis, takes the shifted window and concatenates the groups:
+  copies only, no arithmetic, so it is exact in every dtype and under autocast / TF32;
 * ``'conv'`` is a depthwise convolution with a fixed one-hot kernel (kept in a non-persistent buffer, so it is neither
   a parameter nor in the state_dict): exact because every output is ``1 * x`` plus zeros, but it propagates a
   non-finite value to its neighbours (``0 * inf = nan``), and autocast runs it in reduced precision.
@@ -33,10 +32,10 @@ __all__ = ['AxialShift', 'axial_shift', 'shift_offsets', 'PAD_MODES', 'SHIFT_IMP
 PAD_MODES = ('zero', 'circular', 'reflect', 'replicate')
 SHIFT_IMPLS = ('slice', 'conv')
 # Measured on the project's shared 2-core CPU (torch 2.15, other jobs running), 8x96x56x56 float32, the W- and the
-# H-shift of one map, 100 interleaved runs on 1 thread, best run / median CPU time: forward slice 1.5 / 2.2 ms, one-hot
-# conv 3.4 / 4.3 ms, roll (Algorithm 1) 3.1 / 4.0 ms; forward + backward 9.4 / 6.3, 23 / 10.6 and 33 / 15.9 ms. On 2
-# threads the load blurred the ranking (forward best 1.3 ms for both; forward + backward 10th percentile 29 vs 58 ms).
-# Slicing is also the one that stays exact under autocast and TF32, so it is the default.
+# H-shift of one map, 100 interleaved runs on 1 thread, best run / median CPU time: forward slice 1.8 / 2.4 ms, one-hot
+# conv 3.7 / 4.3 ms, roll (Algorithm 1) 3.2 / 3.8 ms; forward + backward 9.0 / 7.1, 14.7 / 11.3 and 20.1 / 14.2 ms.
+# On 2 threads the load (about 14 on 2 cores) blurred the ranking: forward best 1.25 vs 1.19 ms, forward + backward
+# best 17 vs 23 ms. Slicing is also the one that stays exact under autocast and TF32, so it is the default.
 DEFAULT_IMPL = 'slice'
 
 
@@ -72,31 +71,22 @@ def _pad_axis(x: torch.Tensor, dim: int, pad: int, pad_mode: str) -> torch.Tenso
     return F.pad(x, pads, mode=mode)  # B, C, H+2p, W or B, C, H, W+2p
 
 
-def _shift_zero_filled(x: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
-    """``out[i] = x[i + offset]`` along ``dim``, zeros outside: one pad that crops one side and zero-fills the other."""
-    if abs(offset) >= x.shape[dim]:
-        return torch.zeros_like(x)
-    pads = (-offset, offset) if dim == 3 else (0, 0, -offset, offset)
-    return F.pad(x, pads)  # same shape as x
-
-
 def axial_shift(x: torch.Tensor, dim: int, shift_size: int, dilation: int = 1, pad_mode: str = 'zero') -> torch.Tensor:
     """Shift channel groups of an NCHW map along axis ``dim`` (the slicing implementation; see the module docstring)."""
     _check_args(shift_size, dim, dilation, pad_mode)
     if shift_size == 1:
         return x
     offsets = shift_offsets(x.shape[1], shift_size, dilation)
-    # split first and shift each group: the backward of split is one cat, whereas narrowing the channels of one padded
-    # map would make every group's backward allocate a zero gradient of the whole map
+    reach = (shift_size // 2) * dilation
+    size = x.shape[dim]
+    # split first and pad each group: the backward of split is one cat, whereas narrowing the channels of one padded
+    # map would make every group's backward allocate a zero gradient of the whole map. Group g reads the padded
+    # positions [reach + offset, reach + offset + size), a window that always lies inside the padded axis, so there is
+    # no branch on the map size (an exported graph serves every size; a pad that crops one side and fills the other
+    # would need one once |offset| exceeds the size)
     groups = x.split([n for _, n, _ in offsets], dim=1)
-    if pad_mode == 'zero':
-        parts = [_shift_zero_filled(g, dim, off) for g, (_, _, off) in zip(groups, offsets, strict=True)]
-    else:
-        # group g reads padded positions [reach + offset, reach + offset + size), a window inside the padding
-        reach = (shift_size // 2) * dilation
-        size = x.shape[dim]
-        parts = [_pad_axis(g, dim, reach, pad_mode).narrow(dim, reach + off, size)
-                 for g, (_, _, off) in zip(groups, offsets, strict=True)]
+    parts = [_pad_axis(g, dim, reach, pad_mode).narrow(dim, reach + off, size)
+             for g, (_, _, off) in zip(groups, offsets, strict=True)]
     return torch.cat(parts, dim=1)  # B, C, H, W
 
 
