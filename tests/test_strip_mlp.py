@@ -7,8 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mlpvision
-from conftest import parity_record
 from mlpvision.models.strip_mlp import CGSMM, GRN, RelativePosition, checkpoint_filter_fn, official_num_patches
+
+from conftest import parity_record
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 1, 1), img_size=(64, 96), num_classes=10)
 OFFICIAL_PARAMS = {'strip_mlp_tiny_light': 18_243_920, 'strip_mlp_tiny': 24_903_920, 'strip_mlp_small': 42_568_600,

@@ -411,7 +411,8 @@ class StripMLP(PyramidNet):
         if drop_path_schedule == 'constant':
             dpr = [drop_path_rate] * total
         else:
-            dpr = torch.linspace(0, drop_path_rate, total).tolist()
+            # plain floats, so the model also builds under torch.device('meta')
+            dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
 
         self.stem = nn.Conv2d(in_chans, embed_dim, 4, stride=4, bias=False)
         stages = []
