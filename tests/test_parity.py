@@ -12,7 +12,7 @@ from fill import fill_state_dict, make_input
 TOL = 1e-4  # relative to the largest logit, as the fixtures README prescribes
 
 # heavy variants (> ~50 GMACs or > 100M params) run in the slow suite
-SLOW = {'resmlp_b24_p8', 'repmlpnet_l256', 'hire_mlp_large', 'as_mlp_base', 'strip_mlp_base'}
+SLOW = {'resmlp_b24_p8', 'repmlpnet_l256', 'hire_mlp_large', 'hire_mlp_base', 'as_mlp_base', 'strip_mlp_base'}
 
 
 def _params(name):
