@@ -1,16 +1,20 @@
 import json
+import os
 import sys
 from functools import cache
 from pathlib import Path
 
-import pytest
-import torch
+# Sleeping (not spinning) OpenMP threads: the suite starts subprocesses (DDP, kill-and-resume) that share 2 cores with
+# this process, and spinning threads slow such runs down many times over. It must be set before torch is imported.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 PARITY = FIXTURES / 'parity'
 sys.path.insert(0, str(PARITY))
 
-torch.set_num_threads(max(torch.get_num_threads(), 1))
 
 
 @cache
