@@ -1,5 +1,6 @@
 """Model families. Importing this package registers every mlpvision model in timm."""
 from ._base import PyramidNet, check_input
 from ._registry import ModelMeta, create_model, is_model, list_models, model_family, model_meta
+from .repmlp import *  # noqa: F403
 from .repmlpnet import *  # noqa: F403
 from .resmlp import *  # noqa: F403
