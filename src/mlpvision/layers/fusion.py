@@ -50,23 +50,27 @@ def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(kernel, [p, p, p, p])  # O, I, size, size
 
 
-def conv_to_fc(kernel: torch.Tensor, groups: int, h: int, w: int) -> torch.Tensor:
+def conv_to_fc(kernel: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The fully-connected layer equal to a stride-1, zero-'same'-padded conv applied to one h x w map.
 
     Both act on a map (C, h, w) flattened channel-major (index ``c * h * w + y * w + x``); the conv has
-    ``kernel`` (O, C / groups, k, k) and ``groups``, and the FC is grouped the same way (group i maps the i-th
-    block of C * h * w / groups inputs to the i-th block of O * h * w / groups outputs).
+    ``kernel`` (O, C / groups, kh, kw), and the FC is grouped the same way (group i maps the i-th block of
+    C * h * w / groups inputs to the i-th block of O * h * w / groups outputs), which the kernel's shape implies.
 
-    The conv is linear, so its FC matrix is the conv of the identity: feed each of the C / groups * h * w one-hot
-    maps of one group (the same one-hot in every group) and read the outputs as columns.
+    The paper (RepMLP, arXiv:2105.01883 §3.3) obtains this matrix by convolving an identity; it is the same matrix as
+    reading the kernel directly: output (y, x) sees input (y', x') through tap (y' - y + kh // 2, x' - x + kw // 2)
+    when that tap exists, else zero. The direct read costs one gather instead of a convolution of
+    C / groups * h * w one-hot maps (billions of MACs for a 128-channel 7 x 7 partition).
 
     Returns:
         The grouped FC weight (O * h * w, C / groups * h * w), as a 1x1 grouped Conv2d would hold it (without the
         trailing 1 x 1).
     """
     out_chs, in_per_group, kh, kw = kernel.shape
-    n = in_per_group * h * w
-    eye = torch.eye(n, dtype=kernel.dtype, device=kernel.device).reshape(n, in_per_group, h, w)
-    eye = eye.repeat(1, groups, 1, 1)  # n, C, h, w: the same one-hot map in every group
-    out = F.conv2d(eye, kernel, padding=(kh // 2, kw // 2), groups=groups)  # n, O, h, w
-    return out.reshape(n, out_chs * h * w).t()  # O*h*w, C/groups*h*w
+    dev = kernel.device
+    dy = torch.arange(h, device=dev)[None, :] - torch.arange(h, device=dev)[:, None] + kh // 2  # h_out, h_in
+    dx = torch.arange(w, device=dev)[None, :] - torch.arange(w, device=dev)[:, None] + kw // 2  # w_out, w_in
+    valid = ((dy >= 0) & (dy < kh))[:, None, :, None] & ((dx >= 0) & (dx < kw))[None, :, None, :]  # h, w, h, w
+    taps = kernel[:, :, dy.clamp(0, kh - 1)[:, None, :, None], dx.clamp(0, kw - 1)[None, :, None, :]]
+    fc = taps * valid  # O, C/g, h_out, w_out, h_in, w_in
+    return fc.permute(0, 2, 3, 1, 4, 5).reshape(out_chs * h * w, in_per_group * h * w)  # O*h*w, C/g*h*w

@@ -15,9 +15,10 @@ RepMLP block (input (B, C, H, W), partitions h x w, output O channels):
   (zero padding at the partition borders), added to the fc3 output.
 
 Deploy form (``deploy=True`` / ``mlpvision.reparameterize``, as the official ``repmlp_model_convert``): every conv and
-its BN are folded, the Local Perceptron kernels padded to the largest one, turned into an FC (the conv of an identity,
-:func:`mlpvision.layers.conv_to_fc`) and added to the BN-folded fc3, which gains a bias; the BN after the average pool
-is folded into fc1; every ResNet conv+BN is fused into a biased conv too.
+its BN are folded, the Local Perceptron kernels padded to the largest one, turned into the equal FC
+(:func:`mlpvision.layers.conv_to_fc`: the official code convolves an identity, the same matrix is read directly from
+the kernel here) and added to the BN-folded fc3, which gains a bias; the BN after the average pool is folded into fc1;
+every ResNet conv+BN is fused into a biased conv too.
 
 RepMLP-ResNet-50: torchvision-style ResNet-50 (stride on the 3x3 conv) whose stride-1 bottlenecks in c3 and c4 are
 replaced by RepMLP blocks: the Light Block (1x1 conv+BN+ReLU to out/8 -> RepMLP -> ReLU -> 1x1 conv+BN, paper Appendix
@@ -235,7 +236,7 @@ class RepMLP(nn.Module):
             kernel, kbias = self._local_kernel_bias(size)
             return pad_kernel(weight, size) + kernel, shift + kbias
         kernel, kbias = self._local_kernel_bias(max(self.local_kernels))
-        fc = conv_to_fc(kernel, self.groups, self.h, self.w)  # O*h*w, C/g*h*w
+        fc = conv_to_fc(kernel, self.h, self.w)  # O*h*w, C/g*h*w
         return weight + fc.reshape_as(weight), shift + kbias.repeat_interleave(self.h * self.w)
 
     @torch.no_grad()

@@ -24,8 +24,9 @@ so stage 1 of T224 is a single 3136 x 3136 FC. Inputs that are integer multiples
 (more partitions per map), as in the official code; other sizes raise ValueError naming the allowed ones.
 
 Deploy form (``deploy=True`` / ``mlpvision.reparameterize``), the official Locality Injection: each Local
-Perceptron conv and its BN are folded, padded to the largest kernel, turned into an FC (the conv of an identity,
-:func:`mlpvision.layers.conv_to_fc`) and added to the BN-folded fc3, which gains a bias. As in the official
+Perceptron conv and its BN are folded, padded to the largest kernel, turned into the equal FC
+(:func:`mlpvision.layers.conv_to_fc`, read from the kernel; the official code convolves an identity) and added to the
+BN-folded fc3, which gains a bias. As in the official
 ``locality_injection()``, nothing else is fused: the pre-norms, the FFN conv+BN pairs, the stem, the downsampling
 layers and the final BN stay, so the deploy model has slightly *more* parameters (the fc3 biases).
 
@@ -141,7 +142,7 @@ class RepMLPNetBlock(nn.Module):
             for k in self.local_kernels:
                 kk, kb = getattr(self, f'repconv{k}').fused_kernel_bias()
                 kernel, kbias = kernel + pad_kernel(kk, size), kbias + kb
-            fc = conv_to_fc(kernel, self.num_sharesets, self.h, self.w)  # S*h*w, h*w
+            fc = conv_to_fc(kernel, self.h, self.w)  # S*h*w, h*w
             weight = weight + fc.reshape_as(weight)
             bias = bias + kbias.repeat_interleave(hw)
         return weight, bias
