@@ -125,6 +125,14 @@ def test_res50_replaces_only_stride1_blocks_of_c3_c4_with_per_stage_groups():
     assert light.stages[1].blocks[1].repmlp.groups == 4
     with pytest.raises(ValueError, match='one value per RepMLP stage'):
         RepMLPResNet(fc3_groups=(8, 16, 32))
+    # paper Table 3: RepMLP in all four stages (r = 2, 2, 4, 4); each stage keeps its first bottleneck, and c5's
+    # 7x7 map is a single partition, so it has no Global Perceptron
+    with torch.device('meta'):
+        every = RepMLPResNet(block_type='bottleneck', repmlp_stages=(0, 1, 2, 3), fc3_groups=8,
+                             bottleneck_r=(2, 2, 4, 4))
+    assert [type(b).__name__ for b in every.stages[0].blocks] == ['ResNetBottleneck'] + ['RepMLPBottleneckBlock'] * 2
+    assert every.stages[3].blocks[1].repmlp.gp is None and every.stages[0].blocks[1].repmlp.parts == (8, 8)
+    assert every.eval()(torch.zeros(1, 3, 224, 224, device='meta')).shape == (1, 1000)
 
 
 def test_res50_fixed_input_size():

@@ -50,6 +50,9 @@ Deviations from the official code:
 * optional stochastic depth on the residual branches (``drop_path_rate``, default 0: the official model has none) and
   head dropout (``drop_rate``);
 * a wrong input size raises ValueError instead of failing inside a reshape.
+
+``no_weight_decay()`` is empty: the official repository has no training code for these models, and the paper's
+recipe (§4.2: SGD, weight decay 1e-4) names no exclusions.
 """
 from __future__ import annotations
 
@@ -403,7 +406,8 @@ class RepMLPResNet(_FixedSizeNet):
             for j in range(n):
                 stride = 2 if i > 0 and j == 0 else 1
                 dp = dpr[sum(layers[:i]) + j]
-                if stride == 1 and i in groups:
+                # the paper keeps each stage's first bottleneck (the stride-2 one; in c2 the channel-expanding one)
+                if j > 0 and i in groups:
                     rep = dict(partition=partition, local_kernels=local_kernels, groups=groups[i],
                                gp_reduction=gp_reduction)
                     if block_type == 'light':

@@ -56,7 +56,7 @@ from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
 from ._base import PyramidNet, check_input, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
-__all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit', 'SequentialStage']
+__all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
 
 _OFFICIAL = 'DingXiaoH/RepMLP@3eff13fa0257af28663880d870f327d665f0a8e2:repmlpnet.py'
 
