@@ -91,8 +91,8 @@ def orthogonal_(weight: torch.Tensor) -> torch.Tensor:
     g = weight.new_empty(rows, cols).normal_(0, 1)
     if rows < cols:
         g = g.t()
-    # a tall Gaussian matrix (ratio >= 2) has condition number <= 6, so its Gram matrix is safe in float32; a nearly
-    # square one is not
+    # a Gaussian matrix at least twice as tall as wide has a condition number of about 6 or less, so its Gram matrix
+    # is safe in float32; a nearly square one is ill-conditioned
     if g.shape[0] < 2 * g.shape[1]:
         g = g.double()
     r, info = torch.linalg.cholesky_ex(g.t() @ g, upper=True)
