@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import sys
@@ -46,6 +48,16 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
     return sd
 
 
+# Training scripts built on DeiT / timm's train.py pickle their argparse options next to the weights ('args'), as in
+# the official Hire-MLP checkpoints; a Namespace holds only plain values, so it is safe to allow under weights_only.
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+def _allow_training_metadata() -> contextlib.AbstractContextManager:
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+    return safe_globals(_SAFE_GLOBALS) if safe_globals is not None else contextlib.nullcontext()
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
@@ -55,7 +67,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             obj = load_file(str(path), device='cpu')
         else:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
+            with _allow_training_metadata():
+                obj = torch.load(path, map_location='cpu', weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         raise CheckpointError(
             f'Checkpoint {str(path)!r} could not be read: it is truncated, corrupt, or not a weights file '

@@ -5,6 +5,8 @@ import csv
 import io
 from dataclasses import dataclass
 
+import torch
+
 from ._profile import profile
 from .models._registry import create_model, list_models, model_meta
 
@@ -35,7 +37,8 @@ def model_rows(pattern: str = '*') -> list[ModelRow]:
     """Build each matching model and measure its params and MACs at its default input size."""
     rows = []
     for name in list_models(pattern):
-        model = create_model(name)
+        with torch.device('meta'):  # shapes are all that params and MACs need: no memory, no init cost
+            model = create_model(name)
         input_size = tuple(model.pretrained_cfg['input_size'])
         prof = profile(model, input_size)
         meta = model_meta(name)

@@ -1,0 +1,457 @@
+"""Hire-MLP: Vision MLP via Hierarchical Rearrangement.
+
+Paper: Guo et al., CVPR 2022, arXiv:2108.13341 (v2; the README's table gives the released variants' figures).
+Official code: ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6, ``mlp_based/hire_mlp.py`` (the
+paper's code link; huawei-noah/Efficient-AI-Backbones has no Hire-MLP).
+
+A four-stage NCHW pyramid: an overlapping stem (conv 7x7, stride 4, padding 2 + BN + ReLU), stages joined by
+conv 3x3 / stride 2 + BN + ReLU, blocks ``x + DP(HireMLP(BN(x)))`` and ``x + DP(Mlp(BN(x)))``, a final BN, the
+spatial mean and a Linear head. The Hire module mixes tokens in three branches fused by split attention:
+
+* h branch (inner-region rearrangement along H): the rows are cut into regions of ``p`` rows (padded at the bottom
+  to a multiple of ``p``, circularly by default), each region's rows are stacked into the channels
+  (``B, C, H, W -> B, C*p, H/p, W``, channel ``c * p + i``), mixed by ``1x1 conv C*p -> C/2 -> BN -> ReLU ->
+  1x1 conv C/2 -> C*p`` (hidden width C/2 whatever ``p``), put back and cropped. Cross-region rearrangement:
+  before that, the map is rolled by ``step`` rows, and rolled back after, so consecutive blocks see regions with
+  different borders. The step of block ``i`` of a stage is ``(i % step_stride) * step_dilation``.
+* w branch: the same along W. c branch: a 1x1 conv C -> C.
+* fusion: ``a = mean_HW(h + w + c)``, ``Mlp(C, C/4, 3C)``, softmax over the three branches per channel,
+  ``proj(a_h * h + a_w * w + a_c * c)``.
+
+Knobs (constructor arguments; the released models use the defaults): region size, step stride and step dilation
+per stage, the padding mode of the shift (``'circular'`` roll, ``'zero'``, ``'replicate'``) and of the regions
+(``'circular'``, ``'zero'``, ``'replicate'``), and the paper's ablation switches ``inner_region`` (False: region
+size 1, no rows or columns stacked into channels), ``cross_region`` (False: step 0 in every block) and
+``channel_branch`` (False: no c branch; the split attention is over h and w). The official mode names ``'c'`` and
+``'0'`` are accepted too.
+
+Deviations from the official code:
+
+* key names: ``stem`` / ``stages.i.downsample`` / ``stages.i.blocks.j`` (timm's ConvNormAct, ``conv`` + ``bn``)
+  instead of ``patch_embed`` / ``network.k``; ``token_mixer.mlp_h.{fc1,norm,fc2}`` instead of
+  ``attn.mlp_h1`` / ``attn.mlp_h1_norm`` / ``attn.mlp_h2``; ``head.fc``. ``checkpoint_filter_fn`` maps them.
+* the official ``drop_rate`` is accepted but never used; here it is the classifier's dropout (timm's convention),
+  and ``proj_drop_rate`` is the dropout the official blocks have but never set (0 in the released models).
+* ``in_chans`` is honoured (the official stem hard-codes 3 input channels).
+* circular region padding wraps as often as needed, so maps smaller than the padding (inputs under ~19 pixels,
+  where the official ``F.pad`` raises) work; at every size the official code accepts, the output is the same.
+* ``'replicate'`` as the shift's padding mode is an addition (the official code has circular and zero); like the
+  zero mode, it shifts without shifting back.
+* no printing on construction; an input of the wrong rank, channel count or smaller than 3x3 raises ValueError.
+* no re-parameterised form: the official code has none, so ``deploy=True`` builds the same model.
+
+MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
+also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg
+from timm.models._manipulate import checkpoint_seq
+
+from .._checkpoint import unwrap_state_dict
+from ._base import PyramidNet, check_input
+from ._registry import ModelMeta, generate_cfgs, register_model
+
+__all__ = ['HireMLPNet', 'HireBlock', 'HireMLP', 'RegionMlp']
+
+_OFFICIAL = 'ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6:mlp_based/hire_mlp.py'
+
+_PAD_MODES = {'circular': 'circular', 'c': 'circular', 'zero': 'zero', '0': 'zero', 'replicate': 'replicate'}
+
+
+def _pad_mode(mode: str, what: str) -> str:
+    if mode not in _PAD_MODES:
+        raise ValueError(f"{what} must be 'circular', 'zero' or 'replicate' (or the official 'c' / '0'), got {mode!r}.")
+    return _PAD_MODES[mode]
+
+
+def _per_stage(value, n: int, name: str) -> tuple:
+    values = tuple(value) if isinstance(value, Sequence) else (value,) * n
+    if len(values) != n:
+        raise ValueError(f'{name} needs one value per stage ({n}), got {len(values)}: {values}.')
+    return values
+
+
+def pad_end(x: torch.Tensor, pad: int, dim: int, mode: str) -> torch.Tensor:
+    """Pad ``x`` by ``pad`` (a Python int) at the end of ``dim`` (2: H, 3: W) of a (B, C, H, W) map."""
+    if pad == 0:
+        return x
+    if mode == 'circular':
+        # wrap as often as needed: F.pad's circular mode refuses pad > size, which small maps reach
+        size = x.shape[dim]
+        parts = [x] * (1 + pad // size)
+        if pad % size:
+            parts.append(x.narrow(dim, 0, pad % size))
+        return torch.cat(parts, dim)  # B, C, H + pad, W (or W + pad)
+    pads = (0, 0, 0, pad) if dim == 2 else (0, pad, 0, 0)  # F.pad order: (left, right, top, bottom)
+    if mode == 'zero':
+        return F.pad(x, pads)
+    return F.pad(x, pads, mode='replicate')
+
+
+def shift(x: torch.Tensor, step: int, dim: int, mode: str) -> torch.Tensor:
+    """Move the rows (dim 2) or columns (dim 3) of a (B, C, H, W) map forward by ``step``.
+
+    ``'circular'`` rolls (what leaves at the end comes back at the start); ``'zero'`` / ``'replicate'`` fill the
+    first ``step`` rows or columns with zeros / copies of the first one and drop the last ``step``.
+    """
+    if mode == 'circular':
+        return torch.roll(x, step, dim)  # B, C, H, W
+    size = x.shape[dim]
+    pads = (0, 0, step, 0) if dim == 2 else (step, 0, 0, 0)
+    x = F.pad(x, pads) if mode == 'zero' else F.pad(x, pads, mode='replicate')  # B, C, H + step, W (or W + step)
+    return x.narrow(dim, 0, size)  # B, C, H, W
+
+
+class RegionMlp(nn.Module):
+    """Inner-region rearrangement along one axis, inside an optional cross-region shift.
+
+    Input and output (B, C, H, W). With ``dim=2`` (H) every ``region_size`` consecutive rows become the channels of
+    one row of a (B, C*p, H/p, W) map, which a two-layer 1x1-conv MLP mixes; ``dim=3`` does the same with columns.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            dim: int,
+            region_size: int,
+            step: int = 0,
+            step_pad_mode: str = 'circular',
+            region_pad_mode: str = 'circular',
+            act_layer: type[nn.Module] = nn.ReLU,
+            norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if dim not in (2, 3):
+            raise ValueError(f'dim must be 2 (rows) or 3 (columns), got {dim}.')
+        if region_size < 1 or step < 0:
+            raise ValueError(f'region_size must be >= 1 and step >= 0, got {region_size} and {step}.')
+        self.dim = dim
+        self.region_size = region_size
+        self.step = step
+        self.step_pad_mode = _pad_mode(step_pad_mode, 'step_pad_mode')
+        self.region_pad_mode = _pad_mode(region_pad_mode, 'region_pad_mode')
+        hidden = channels // 2  # official: C/2 for every region size
+        self.fc1 = nn.Conv2d(channels * region_size, hidden, 1, bias=False)
+        self.norm = norm_layer(hidden)
+        self.act = act_layer()
+        self.fc2 = nn.Conv2d(hidden, channels * region_size, 1)
+
+    def extra_repr(self) -> str:
+        return (f'dim={self.dim}, region_size={self.region_size}, step={self.step}, '
+                f'step_pad_mode={self.step_pad_mode}, region_pad_mode={self.region_pad_mode}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.region_size
+        size = h if self.dim == 2 else w
+        if self.step:
+            x = shift(x, self.step, self.dim, self.step_pad_mode)
+        x = pad_end(x, -size % p, self.dim, self.region_pad_mode)
+        n = x.shape[self.dim] // p  # regions along the axis
+        if self.dim == 2:
+            x = x.reshape(b, c, n, p, w).permute(0, 1, 3, 2, 4)  # B, C, p, H'/p, W
+            x = x.reshape(b, c * p, n, w)  # B, C*p, H'/p, W
+        else:
+            x = x.reshape(b, c, h, n, p).permute(0, 1, 4, 2, 3)  # B, C, p, H, W'/p
+            x = x.reshape(b, c * p, h, n)  # B, C*p, H, W'/p
+        x = self.fc2(self.act(self.norm(self.fc1(x))))
+        if self.dim == 2:
+            x = x.reshape(b, c, p, n, w).permute(0, 1, 3, 2, 4)  # B, C, H'/p, p, W
+            x = x.reshape(b, c, n * p, w)  # B, C, H', W
+        else:
+            x = x.reshape(b, c, p, h, n).permute(0, 1, 3, 4, 2)  # B, C, H, W'/p, p
+            x = x.reshape(b, c, h, n * p)  # B, C, H, W'
+        x = x.narrow(self.dim, 0, size)  # B, C, H, W
+        if self.step and self.step_pad_mode == 'circular':
+            # official: only the roll is undone; the zero-filled shift is left in place
+            x = torch.roll(x, -self.step, self.dim)  # B, C, H, W
+        return x
+
+
+class HireMLP(nn.Module):
+    """The Hire module: h, w (and c) branches fused by split attention, then a 1x1 projection. Input (B, C, H, W)."""
+
+    def __init__(self, dim: int, channel_branch: bool = True, proj_drop: float = 0., **region_kwargs) -> None:
+        """
+        Args:
+            channel_branch: keep the c branch (False: split attention over h and w only).
+            **region_kwargs: ``region_size``, ``step``, ``step_pad_mode``, ``region_pad_mode`` of the h and w
+                branches (:class:`RegionMlp`).
+        """
+        super().__init__()
+        self.mlp_h = RegionMlp(dim, 2, **region_kwargs)
+        self.mlp_w = RegionMlp(dim, 3, **region_kwargs)
+        self.mlp_c = nn.Conv2d(dim, dim, 1) if channel_branch else None
+        self.num_branches = 3 if channel_branch else 2
+        self.reweight = Mlp(dim, dim // 4, dim * self.num_branches, act_layer=nn.GELU, use_conv=True)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        branches = [self.mlp_h(x), self.mlp_w(x)]
+        if self.mlp_c is not None:
+            branches.append(self.mlp_c(x))
+        a = sum(branches).mean((2, 3), keepdim=True)  # B, C, 1, 1
+        # output channel c * n + k of the reweight MLP is branch k's logit for channel c
+        a = self.reweight(a).reshape(b, c, self.num_branches, 1, 1).softmax(dim=2)  # B, C, n, 1, 1
+        x = branches[0] * a[:, :, 0]
+        for k in range(1, self.num_branches):
+            x = x + branches[k] * a[:, :, k]
+        return self.proj_drop(self.proj(x))
+
+
+class HireBlock(nn.Module):
+    """``x + DP(HireMLP(BN(x)))``, then ``x + DP(Mlp(BN(x)))``. Input (B, C, H, W)."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4., proj_drop: float = 0., drop_path: float = 0.,
+                 **mixer_kwargs) -> None:
+        """
+        Args:
+            proj_drop: dropout in the channel MLP and after the Hire projection.
+            **mixer_kwargs: passed to :class:`HireMLP` (``channel_branch``, ``region_size``, ``step``, pad modes).
+        """
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.token_mixer = HireMLP(dim, proj_drop=proj_drop, **mixer_kwargs)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, use_conv=True)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class HireStage(nn.Module):
+    """Optional downsampling (conv 3x3 / 2 + BN + ReLU), then Hire blocks with the stage's step schedule."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            depth: int,
+            downsample: bool,
+            step_stride: int,
+            step_dilation: int,
+            drop_path: Sequence[float],
+            **block_kwargs,
+    ) -> None:
+        """
+        Args:
+            step_stride, step_dilation: block ``i`` shifts by ``(i % step_stride) * step_dilation``.
+            drop_path: one rate per block.
+            **block_kwargs: passed to every :class:`HireBlock`.
+        """
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = (ConvNormAct(in_dim, dim, 3, stride=2, padding=1, bias=True) if downsample
+                           else nn.Identity())
+        self.blocks = nn.Sequential(*[
+            HireBlock(dim, step=(i % step_stride) * step_dilation, drop_path=drop_path[i], **block_kwargs)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class HireMLPNet(PyramidNet):
+    """Hire-MLP: accepts any input of at least 3x3 pixels, square or not (regions are padded as needed)."""
+
+    def __init__(
+            self,
+            depths: Sequence[int] = (2, 2, 4, 2),
+            embed_dims: Sequence[int] = (64, 128, 320, 512),
+            mlp_ratio: float | Sequence[float] = 4.,
+            region_sizes: int | Sequence[int] = (4, 3, 3, 2),
+            step_strides: int | Sequence[int] = (2, 2, 3, 2),
+            step_dilations: int | Sequence[int] = (2, 2, 1, 1),
+            step_pad_mode: str = 'circular',
+            region_pad_mode: str = 'circular',
+            inner_region: bool = True,
+            cross_region: bool = True,
+            channel_branch: bool = True,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            deploy: bool = False,
+    ) -> None:
+        """
+        Args:
+            depths: blocks per stage.
+            embed_dims: channels per stage.
+            mlp_ratio: channel-MLP expansion, one value or one per stage.
+            region_sizes: region size ``p`` per stage (rows / columns stacked into channels).
+            step_strides, step_dilations: block ``i`` of a stage shifts by ``(i % stride) * dilation``.
+            step_pad_mode: how the cross-region shift fills: 'circular' (roll and roll back, official), 'zero'
+                (official '0': shift with zeros, not shifted back) or 'replicate'.
+            region_pad_mode: how H and W are padded to a multiple of the region size: 'circular' (official),
+                'zero' or 'replicate'.
+            inner_region: False sets every region size to 1 (ablation: no inner-region rearrangement).
+            cross_region: False sets every step to 0 (ablation: no cross-region rearrangement).
+            channel_branch: False drops the c branch (ablation); the split attention is then over h and w.
+            drop_rate: classifier dropout (the official argument exists but is unused).
+            proj_drop_rate: dropout in the blocks' MLPs and after the Hire projection (0 in the official models).
+            drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks (official).
+            deploy: accepted for the common interface; Hire-MLP has no re-parameterised form.
+        """
+        super().__init__()
+        n = len(depths)
+        if len(embed_dims) != n:
+            raise ValueError(f'depths and embed_dims need one value per stage, got {len(depths)} and '
+                             f'{len(embed_dims)}.')
+        mlp_ratios = _per_stage(mlp_ratio, n, 'mlp_ratio')
+        region_sizes = _per_stage(region_sizes, n, 'region_sizes') if inner_region else (1,) * n
+        step_strides = _per_stage(step_strides, n, 'step_strides')
+        step_dilations = _per_stage(step_dilations, n, 'step_dilations') if cross_region else (0,) * n
+        if min(step_strides) < 1:
+            raise ValueError(f'step_strides must be >= 1, got {step_strides}.')
+        _pad_mode(step_pad_mode, 'step_pad_mode')
+        _pad_mode(region_pad_mode, 'region_pad_mode')
+        self.in_chans = in_chans
+        self.deploy = deploy
+
+        self.stem = ConvNormAct(in_chans, embed_dims[0], 7, stride=4, padding=2, bias=True)
+        total = sum(depths)
+        # official: block k of all blocks gets drop_path_rate * k / (total - 1)
+        dpr = [drop_path_rate * k / max(total - 1, 1) for k in range(total)]
+        stages = []
+        for i in range(n):
+            first = sum(depths[:i])
+            stages.append(HireStage(
+                embed_dims[i - 1] if i else embed_dims[0], embed_dims[i], depths[i], i > 0, step_strides[i],
+                step_dilations[i], dpr[first:first + depths[i]], mlp_ratio=mlp_ratios[i], proj_drop=proj_drop_rate,
+                channel_branch=channel_branch, region_size=region_sizes[i], step_pad_mode=step_pad_mode,
+                region_pad_mode=region_pad_mode))
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}') for i in range(n)]
+        self.norm = nn.BatchNorm2d(embed_dims[-1])
+        self._init_head(embed_dims[-1], num_classes, global_pool, drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # official: trunc_normal(0.02) on every conv and linear with zero bias, BN weight 1 and bias 0
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_input(x, self.in_chans, model_name=type(self).__name__)
+        if min(x.shape[2:]) < 3:
+            raise ValueError(f'{type(self).__name__} needs input of at least 3x3 pixels (its stem is a 7x7 conv with '
+                             f'padding 2), got {x.shape[2]}x{x.shape[3]}. Upsample or pad the input.')
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        # the official recipe (DeiT's train.py -> timm create_optimizer with filter_bias_and_bn) exempts every 1-D
+        # parameter (BN weights and biases, conv and linear biases); the model lists no names of its own
+        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+
+
+def _official_to_ours(k: str) -> str:
+    k = re.sub(r'^patch_embed\.proj\.', 'stem.conv.', k)
+    k = re.sub(r'^patch_embed\.norm\.', 'stem.bn.', k)
+    # official network = [blocks 0, downsample 0->1, blocks 1, downsample 1->2, ...]
+    m = re.match(r'^network\.(\d+)\.(.*)$', k)
+    if m:
+        idx, rest = int(m.group(1)), m.group(2)
+        if idx % 2 == 0:
+            rest = re.sub(r'^(\d+)\.attn\.mlp_([hw])1_norm\.', r'\1.token_mixer.mlp_\2.norm.', rest)
+            rest = re.sub(r'^(\d+)\.attn\.mlp_([hw])1\.', r'\1.token_mixer.mlp_\2.fc1.', rest)
+            rest = re.sub(r'^(\d+)\.attn\.mlp_([hw])2\.', r'\1.token_mixer.mlp_\2.fc2.', rest)
+            rest = re.sub(r'^(\d+)\.attn\.', r'\1.token_mixer.', rest)
+            k = f'stages.{idx // 2}.blocks.{rest}'
+        else:
+            rest = re.sub(r'^proj\.', 'conv.', rest)
+            rest = re.sub(r'^norm\.', 'bn.', rest)
+            k = f'stages.{idx // 2 + 1}.downsample.{rest}'
+    return re.sub(r'^head\.(weight|bias)$', r'head.fc.\1', k)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLPNet) -> dict[str, torch.Tensor]:
+    """Map an official Hire-MLP state_dict or training checkpoint (the release files are saved by the DeiT-based
+    ``train.py``: ``{'model': state_dict, ...}``) or an mlpvision state_dict onto ``model``; mlpvision names pass
+    through unchanged."""
+    state_dict = unwrap_state_dict(state_dict)  # {'model': ...} (or 'model_ema'), DDP's 'module.' prefix
+    return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireMLPNet:
+    return build_model_with_cfg(
+        HireMLPNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs)
+
+
+def _cfg(meta: ModelMeta, url: str = '', **kwargs) -> dict:
+    # official _cfg: crop 0.9, bicubic, ImageNet mean/std; the model accepts any input size
+    return dict(
+        url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
+        crop_pct=0.9, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv='stem.conv', classifier='head.fc', license='apache-2.0', meta=meta, **kwargs)
+
+
+_PAPER = 'arXiv:2108.13341 v2 / official README table'
+_RELEASE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch/releases/download/log/'
+default_cfgs = generate_cfgs({
+    'hire_mlp_tiny.in1k': _cfg(ModelMeta(
+        paper=_PAPER, official=_OFFICIAL + ':hire_mlp_tiny', params=18_041_672, gmacs=2.149,
+        params_paper='18M', gmacs_paper=2.1, top1_paper=79.7), url=_RELEASE + 'hire_mlp_tiny.pth'),
+    'hire_mlp_small.in1k': _cfg(ModelMeta(
+        paper=_PAPER, official=_OFFICIAL + ':hire_mlp_small', params=33_113_848, gmacs=4.240,
+        params_paper='33M', gmacs_paper=4.2, top1_paper=82.1), url=_RELEASE + 'hire_mlp_small.pth'),
+    'hire_mlp_base.in1k': _cfg(ModelMeta(
+        paper=_PAPER, official=_OFFICIAL + ':hire_mlp_base', params=58_226_856, gmacs=8.125,
+        params_paper='58M', gmacs_paper=8.1, top1_paper=83.2), url=_RELEASE + 'hire_mlp_base.pth'),
+    'hire_mlp_large.untrained': _cfg(ModelMeta(
+        paper=_PAPER, official=_OFFICIAL + ':hire_mlp_large', params=95_723_944, gmacs=13.442,
+        params_paper='96M', gmacs_paper=13.4, top1_paper=83.8, notes='no released checkpoint')),
+})
+
+
+@register_model
+def hire_mlp_tiny(pretrained: bool = False, **kwargs) -> HireMLPNet:
+    """Hire-MLP-Tiny (README: 18M params, 2.1 GFLOPs, 79.7% top-1)."""
+    model_args = dict(depths=(2, 2, 4, 2), embed_dims=(64, 128, 320, 512))
+    return _create_hire_mlp('hire_mlp_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hire_mlp_small(pretrained: bool = False, **kwargs) -> HireMLPNet:
+    """Hire-MLP-Small (README: 33M params, 4.2 GFLOPs, 82.1% top-1)."""
+    model_args = dict(depths=(3, 4, 10, 3), embed_dims=(64, 128, 320, 512))
+    return _create_hire_mlp('hire_mlp_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hire_mlp_base(pretrained: bool = False, **kwargs) -> HireMLPNet:
+    """Hire-MLP-Base (README: 58M params, 8.1 GFLOPs, 83.2% top-1)."""
+    model_args = dict(depths=(4, 6, 24, 3), embed_dims=(64, 128, 320, 512))
+    return _create_hire_mlp('hire_mlp_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def hire_mlp_large(pretrained: bool = False, **kwargs) -> HireMLPNet:
+    """Hire-MLP-Large (README: 96M params, 13.4 GFLOPs, 83.8% top-1)."""
+    model_args = dict(depths=(4, 6, 24, 3), embed_dims=(96, 192, 384, 768))
+    return _create_hire_mlp('hire_mlp_large', pretrained, **dict(model_args, **kwargs))
