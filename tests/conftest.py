@@ -29,3 +29,17 @@ def parity_models() -> list[str]:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@cache
+def smallest_per_family() -> list[str]:
+    """The variant with the fewest parameters in each registered family (counted on the meta device)."""
+    import mlpvision
+    best: dict[str, tuple[int, str]] = {}
+    for name in mlpvision.list_models():
+        with torch.device('meta'):
+            n = mlpvision.count_params(mlpvision.create_model(name))
+        fam = mlpvision.model_family(name)
+        if fam not in best or n < best[fam][0]:
+            best[fam] = (n, name)
+    return sorted(name for _, name in best.values())

@@ -24,6 +24,8 @@ from mlpvision.engine import (
 from mlpvision.engine.checkpoint import get_rng_state, set_rng_state
 from mlpvision.engine.train import _Run
 
+from conftest import smallest_per_family
+
 RECIPES = sorted(p.stem for p in (Path(__file__).parents[1] / 'recipes').glob('*.yaml'))
 
 # a tiny member of a registered family and synthetic data, so a recipe runs in about a second
@@ -188,18 +190,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert first.last.read_bytes() == before
 
 
-def _smallest_per_family() -> list[str]:
-    import mlpvision
-    from mlpvision.models import model_family
-    best: dict[str, str] = {}
-    for name in mlpvision.list_models():
-        fam = model_family(name)
-        if fam not in best or mlpvision.model_meta(name).params < mlpvision.model_meta(best[fam]).params:
-            best[fam] = name
-    return sorted(best.values())
-
-
-@pytest.mark.parametrize('name', _smallest_per_family())
+@pytest.mark.parametrize('name', smallest_per_family())
 def test_every_family_trains_and_validates(name, tmp_path):
     """The engine is generic: the smallest variant of each registered family trains a step at 32x32 and its
     checkpoint validates through the family's own checkpoint mapping."""

@@ -12,7 +12,8 @@ from .models._registry import create_model, list_models, model_meta
 
 __all__ = ['ModelRow', 'model_rows', 'format_rows']
 
-COLUMNS = ('model', 'params (M)', 'GMACs', 'deploy GMACs', 'input', 'paper top-1', 'paper params', 'paper GMACs', 'source')
+COLUMNS = ('model', 'params (M)', 'GMACs', 'deploy GMACs', 'input', 'paper top-1', 'paper params', 'paper GMACs',
+           'source')
 
 
 @dataclass
