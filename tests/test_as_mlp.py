@@ -2,8 +2,6 @@
 export, and the family's model facts (any size that is a multiple of 32, knobs, checkpoint mapping, recipe details).
 
 Official parity (logits of svip-lab/AS-MLP for fixture weights) is in tests/test_parity.py."""
-import io
-
 import pytest
 import timm
 import torch
@@ -114,25 +112,38 @@ def test_shift_exports_with_dynamic_spatial_size():
     # torch.export is the graph capture under torch.onnx.export(dynamo=True); the export must not bake in H, W
     shift = AxialShift(16, 5, 3)
     dims = {'x': {0: torch.export.Dim('b'), 2: torch.export.Dim('h', min=2), 3: torch.export.Dim('w', min=3)}}
-    prog = torch.export.export(shift, (torch.randn(2, 16, 8, 8),), dynamic_shapes=dims)
+    prog = torch.export.export(shift, (torch.randn(2, 16, 2, 3),), dynamic_shapes=dims)  # offsets reach past W
     x = torch.randn(3, 16, 12, 20)
     assert torch.equal(prog.module()(x), shift(x))
 
 
-@pytest.mark.parametrize('impl', SHIFT_IMPLS)
-def test_shift_onnx_export(impl):
-    pytest.importorskip('onnx', reason='onnx is not installed: torch.onnx.export needs it (pip install onnx '
-                                       'onnxscript) and tests never download')
+def _onnx_roundtrip(module: nn.Module, example: torch.Tensor, x: torch.Tensor, path) -> torch.Tensor:
+    """Export with dynamic batch, H and W; run ``x`` (another size) in onnxruntime."""
+    pytest.importorskip('onnx', reason='onnx is not installed: torch.onnx.export needs onnx and onnxscript, and tests '
+                                       'never download')
     pytest.importorskip('onnxscript', reason='onnxscript is not installed: torch.onnx.export(dynamo=True) needs it')
-    shift = AxialShift(16, 5, 2, impl=impl)
-    buf = io.BytesIO()
     dims = {'x': {0: torch.export.Dim('b'), 2: torch.export.Dim('h', min=2), 3: torch.export.Dim('w', min=3)}}
-    torch.onnx.export(shift, (torch.randn(2, 16, 8, 8),), buf, dynamo=True, dynamic_shapes=dims)
-    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed: export checked, not run')
-    sess = ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
-    x = torch.randn(3, 16, 12, 20)
+    torch.onnx.export(module.eval(), (example,), path, dynamo=True, dynamic_shapes=dims)
+    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed: exported, not run')
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    assert torch.equal(torch.from_numpy(y), shift(x))
+    return torch.from_numpy(y)
+
+
+@pytest.mark.parametrize('impl', SHIFT_IMPLS)
+def test_shift_onnx_export(impl, tmp_path):
+    shift = AxialShift(16, 5, 2, impl=impl)
+    x = torch.randn(3, 16, 12, 20)
+    assert torch.equal(_onnx_roundtrip(shift, torch.randn(2, 16, 8, 8), x, tmp_path / 'shift.onnx'), shift(x))
+
+
+@pytest.mark.slow
+def test_model_onnx_export_any_size(tmp_path):
+    model = mlpvision.create_model('as_mlp_tiny', embed_dim=16, depths=(1, 1, 1, 1)).eval()
+    x = torch.randn(1, 3, 96, 160)
+    y = _onnx_roundtrip(model, torch.randn(2, 3, 64, 64), x, tmp_path / 'model.onnx')
+    with torch.no_grad():
+        torch.testing.assert_close(y, model(x), rtol=1e-4, atol=1e-5)
 
 
 # --- the model ---------------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ import sys
 SUBCOMMANDS = {
     'models': 'models',
     'demo': 'demo',
+    'train': 'train',
+    'validate': 'validate',
+    'predict': 'predict',
     'bench': 'bench',
 }
 

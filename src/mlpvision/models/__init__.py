@@ -3,5 +3,7 @@ from ._base import PyramidNet, check_input
 from ._registry import ModelMeta, create_model, is_model, list_models, model_family, model_meta
 from .as_mlp import *  # noqa: F403
 from .hire_mlp import *  # noqa: F403
+from .repmlp import *  # noqa: F403
+from .repmlpnet import *  # noqa: F403
 from .resmlp import *  # noqa: F403
 from .strip_mlp import *  # noqa: F403

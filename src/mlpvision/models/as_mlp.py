@@ -23,13 +23,16 @@ them) and ``connection`` ('parallel'; 'serial' feeds the W branch into the H bra
 
 Deviations from the official code:
 
-* the shift is pure PyTorch (slicing by default, or a one-hot depthwise conv: ``shift_impl``), bit-identical to the
-  CuPy kernel's zero-filled shift and to the paper's Algorithm 1, on CPU and GPU, exportable; no CuPy, no CUDA;
+* the shift is pure PyTorch, no CuPy, no CUDA, exportable (ONNX): slicing by default (copies only, so bit-identical
+  to the CuPy kernel's zero-filled shift and to the paper's Algorithm 1 on any device and dtype), or a one-hot
+  depthwise conv (``shift_impl='conv'``; exact in float32 on CPU, subject to TF32 / autocast rounding on GPUs);
 * no build size: one model runs any input whose sides are multiples of 32 (the official PatchEmbed asserts the
   size it was built for); a wrong size or channel count raises ValueError instead of an assert;
 * layout follows timm: ``stem`` (``patch_embed``), ``stages.i`` (``layers.i``) with the patch merging at the start of
   the stage it feeds (``layers.i.downsample`` -> ``stages.{i+1}.downsample``), so stage outputs are the stride
-  4/8/16/32 features; ``head.fc`` (``head``); ``checkpoint_filter_fn`` maps the official names;
+  4/8/16/32 features; ``head.fc`` (``head``); ``checkpoint_filter_fn`` maps the official names. The official mixer
+  class ``AxialShift`` is :class:`AxialShiftMLP` here (its key prefix ``axial_shift`` is kept), and
+  :class:`mlpvision.layers.axial_shift.AxialShift` is the shift itself (official ``Shift``);
 * ``drop_rate`` is applied where the official code applies it (after the stem and inside the block MLPs), not
   before the head;
 * there is nothing to re-parameterise: ``deploy=True`` is accepted and builds the same model.

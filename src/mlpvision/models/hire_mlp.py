@@ -39,6 +39,9 @@ Deviations from the official code:
   zero mode, it shifts without shifting back.
 * no printing on construction; an input of the wrong rank, channel count or smaller than 3x3 raises ValueError.
 * no re-parameterised form: the official code has none, so ``deploy=True`` builds the same model.
+
+MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
+also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ from timm.layers import ConvNormAct, DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
+from .._checkpoint import unwrap_state_dict
 from ._base import PyramidNet, check_input
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -384,9 +388,10 @@ def _official_to_ours(k: str) -> str:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLPNet) -> dict[str, torch.Tensor]:
-    """Map an official Hire-MLP state_dict (the release files hold it under 'model') or an mlpvision one onto
-    ``model``; mlpvision names pass through unchanged."""
-    state_dict = state_dict.get('model', state_dict)
+    """Map an official Hire-MLP state_dict or training checkpoint (the release files are saved by the DeiT-based
+    ``train.py``: ``{'model': state_dict, ...}``) or an mlpvision state_dict onto ``model``; mlpvision names pass
+    through unchanged."""
+    state_dict = unwrap_state_dict(state_dict)  # {'model': ...} (or 'model_ema'), DDP's 'module.' prefix
     return {_official_to_ours(k): v for k, v in state_dict.items()}
 
 

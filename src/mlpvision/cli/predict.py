@@ -1,0 +1,35 @@
+"""Predict labels for images: the top-k classes of each image with their probabilities. Takes image files and
+folders (searched recursively)."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
+
+HELP = 'predict the top-k labels of images with a checkpoint'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument('images', nargs='+', help='image files or folders')
+    p.add_argument('--topk', '-k', type=int, default=5, help='labels per image (default 5)')
+    p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) images that cannot be decoded')
+    add_device_args(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlpvision.engine.inference import load_for_inference, predict_images
+
+    apply_threads(args.threads)
+    if args.topk < 1:
+        raise ValueError(f'--topk must be at least 1, got {args.topk}')
+    loaded = load_for_inference(args.checkpoint, args.model, parse_kwargs(args.model_kwargs), args.ema, args.reparam,
+                                args.img_size, args.crop_pct, args.interpolation)
+    preds, skipped = predict_images(loaded, args.images, args.topk, args.batch_size, args.device, args.skip_corrupt)
+    width = max(len(p.path) for p in preds) if preds else 0
+    for p in preds:
+        labels = '  '.join(f'{lab} ({100 * pr:.1f}%)' for lab, pr in zip(p.labels, p.probs, strict=True))
+        print(f'{p.path:<{width}}  {labels}')
+    if skipped:
+        print(f'{len(skipped)} corrupt images skipped: {", ".join(skipped)}')
+    return 0

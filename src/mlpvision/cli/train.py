@@ -1,0 +1,102 @@
+"""Train a model: `mlpvision train --recipe <name> [--option value ...]`.
+
+Options come from, in increasing precedence: the defaults, the checkpoint being resumed (--resume), a recipe
+(--recipe: a YAML file under recipes/, by name or path) and the flags given here. Multi-GPU:
+`torchrun --nproc_per_node=N -m mlpvision.cli.main train ...` (one process per GPU; LOCAL_RANK, RANK and
+WORLD_SIZE come from the environment). The run folder receives config.yaml, last.pth, best.pth, metrics.csv,
+curves.png and, when tensorboard is installed, tensorboard/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import typing
+
+from ._common import parse_kwargs
+
+HELP = 'train a model on a dataset with a paper recipe (or your options)'
+
+
+def _flag(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mlpvision.engine.config import config_fields
+
+    p.add_argument('--recipe', help='a recipe name (see --list-recipes) or a YAML file')
+    p.add_argument('--list-recipes', action='store_true', help='list the recipes and exit')
+    short = {'batch_size': ['-b'], 'workers': ['-j'], 'output': ['-o']}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f, tp in config_fields():
+        if not f.metadata.get('cli', True):
+            continue
+        group_name = 'data' if f.name in _DATA else 'model' if f.name in _MODEL else \
+            'run' if f.name in _RUN else 'optimisation'
+        g = groups.setdefault(group_name, p.add_argument_group(group_name))
+        flags = [*short.get(f.name, []), _flag(f.name)]
+        help_ = f.metadata.get('help', '')
+        args = typing.get_args(tp)
+        base = next((a for a in args if a is not type(None)), tp) if args else tp
+        origin = typing.get_origin(base) or base
+        if origin is bool:
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif origin is list:
+            g.add_argument(*flags, dest=f.name, type=float, nargs='+', default=None, help=help_)
+        elif origin is dict:
+            g.add_argument(*flags, dest=f.name, nargs='*', metavar='KEY=VALUE', default=None, help=help_)
+        else:
+            g.add_argument(*flags, dest=f.name, type=origin, default=None, help=help_)
+
+
+_DATA = {'dataset', 'data_dir', 'download', 'train_split', 'val_split', 'fake_size', 'fake_classes', 'skip_corrupt',
+         'img_size', 'in_chans', 'mean', 'std', 'interpolation', 'crop_pct', 'train_crop', 'scale', 'ratio', 'hflip',
+         'color_jitter', 'aa', 'reprob', 'remode', 'recount', 'aug_repeats', 'batch_size', 'val_batch_size',
+         'workers', 'pin_memory'}
+_MODEL = {'model', 'model_kwargs', 'drop_rate', 'drop_path_rate', 'finetune', 'sync_bn', 'channels_last',
+          'grad_checkpointing', 'compile'}
+_RUN = {'output', 'overwrite', 'resume', 'seed', 'deterministic', 'device', 'threads', 'checkpoint_every_steps',
+        'eval_every', 'log_interval', 'progress', 'tensorboard', 'plot'}
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """The options given on the command line (None: not given)."""
+    from mlpvision.engine.config import config_fields
+
+    out = {}
+    for f, _ in config_fields():
+        v = getattr(args, f.name, None)
+        if v is None:
+            continue
+        out[f.name] = parse_kwargs(v) if f.name == 'model_kwargs' else v
+    return out
+
+
+def print_summary(result: typing.Any) -> None:
+    final = result.final
+    print(f'\ntrained {result.description}: {result.params:,} params, {result.elapsed_s:.0f} s')
+    if final is not None:
+        print(f'validation ({final.n} images): top-1 {final.top1:.2f}%  top-5 {final.top5:.2f}%  loss {final.loss:.4f}'
+              f'  (best top-1 {result.best_acc1:.2f}% at epoch {result.best_epoch})')
+    print(f'checkpoints: {result.best or "-"} (best), {result.last} (last)')
+    print(f'metrics:     {result.metrics_csv}')
+    print(f'plot:        {result.plot or "- (matplotlib not installed)"}')
+    print(f'config:      {result.config_yaml}')
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlpvision.engine.config import list_recipes, recipe_dir
+
+    if args.list_recipes:
+        for name in list_recipes():
+            print(name)
+        if not list_recipes():
+            print(f'(no recipes found in {recipe_dir()})')
+        return 0
+    from mlpvision.engine.train import fit, resolve_config
+
+    cfg = resolve_config(args.recipe, overrides_from_args(args))
+    result = fit(cfg)
+    if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only the primary process reports
+        print_summary(result)
+    return 0

@@ -1,0 +1,56 @@
+"""Evaluate a checkpoint: top-1 / top-5 and per-class accuracy on a dataset split, with a confusion-matrix PNG (up to
+100 classes) and a per-class CSV. Works with mlpvision's checkpoints (which record their model, preprocessing and
+dataset) and official ones (pass --model and --dataset), in train or deploy form; --reparam evaluates a train-form
+checkpoint after re-parameterising it."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
+
+HELP = 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument('--dataset', help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument('--data-dir', help="dataset folder (default: the checkpoint's, for the same dataset)")
+    p.add_argument('--split', default='val', help="'val' (default) or 'train'")
+    p.add_argument('--download', action='store_true', help='download CIFAR / Caltech-101 when missing')
+    p.add_argument('--skip-corrupt', action='store_true', help='leave out (and count) images that cannot be decoded')
+    p.add_argument('--workers', '-j', type=int, default=2, help='data loading processes (default 2)')
+    p.add_argument('--output', '-o', help='folder for the confusion matrix and per-class CSV (default: beside the '
+                                          'checkpoint)')
+    p.add_argument('--per-class', action='store_true', help='print every class, not only the five worst')
+    add_device_args(p)
+
+
+def print_validation(v, per_class: bool = False, indent: str = '') -> None:
+    r, lm = v.result, v.loaded
+    print(f'{indent}{lm.name} ({lm.form} form) on {v.dataset} ({v.split}, {r.n} images): top-1 {r.top1:.2f}%  '
+          f'top-5 {r.top5:.2f}%  loss {r.loss:.4f}')
+    if r.skipped:
+        print(f'{indent}{r.skipped} corrupt images skipped')
+    accs = [(a, c) for a, c in zip(r.per_class, lm.classes, strict=True) if not math.isnan(a)]
+    shown = accs if per_class or len(accs) <= 10 else sorted(accs)[:5]
+    label = 'per-class accuracy' if shown is accs else 'worst classes'
+    print(f'{indent}{label}: ' + ', '.join(f'{c} {a:.1f}%' for a, c in shown))
+    print(f'{indent}confusion matrix: {v.confusion_png or "- (more than 100 classes, or no matplotlib)"}')
+    print(f'{indent}per-class CSV:    {v.per_class_csv}')
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from mlpvision.engine.inference import validate_checkpoint
+
+    apply_threads(args.threads)
+    v = validate_checkpoint(
+        args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir, model=args.model,
+        model_kwargs=parse_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, output_dir=args.output,
+        skip_corrupt=args.skip_corrupt, download=args.download, img_size=args.img_size, crop_pct=args.crop_pct,
+        interpolation=args.interpolation, progress=sys.stderr.isatty())
+    print_validation(v, args.per_class)
+    return 0

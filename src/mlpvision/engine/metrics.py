@@ -1,0 +1,164 @@
+"""Run records: ``metrics.csv`` (one row per epoch), TensorBoard scalars (when tensorboard is installed), the
+training-curve plot and the confusion-matrix plot (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'plot_curves', 'plot_confusion', 'progress_bar',
+           'write_per_class_csv']
+
+METRIC_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'train_acc1', 'val_loss', 'val_acc1', 'val_acc5',
+                  'ema_val_acc1', 'ema_val_acc5', 'img_per_s', 'epoch_time_s', 'corrupt_skipped')
+
+
+def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr when ``enabled`` and tqdm is installed; otherwise the iterable itself."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
+        except ImportError:
+            pass
+    return iterable
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+class MetricsLog:
+    """Appends epoch rows to ``metrics.csv`` (and TensorBoard); on resume, rows of epochs not yet finished in the
+    checkpoint are dropped so no epoch appears twice."""
+
+    def __init__(self, output_dir: str | Path, resume_epoch: int = 0, tensorboard: bool = True) -> None:
+        self.path = Path(output_dir) / 'metrics.csv'
+        rows = [r for r in read_metrics(self.path) if int(r['epoch']) <= resume_epoch] if resume_epoch else []
+        with open(self.path, 'w', newline='') as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows({k: r.get(k, '') for k in METRIC_COLUMNS} for r in rows)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=str(Path(output_dir) / 'tensorboard'))
+            except ImportError:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        def fmt(v: Any) -> str:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return ''
+            return f'{v:.6g}' if isinstance(v, float) else str(v)
+        with open(self.path, 'a', newline='') as f:
+            csv.DictWriter(f, METRIC_COLUMNS).writerow({k: fmt(row.get(k)) for k in METRIC_COLUMNS})
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ('epoch', 'step') and isinstance(v, (int, float)) and not math.isnan(v):
+                    self.tb.add_scalar(k, v, row['epoch'])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _floats(rows: list[dict[str, str]], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for r in rows:
+        if r.get(key):
+            xs.append(int(r['epoch']))
+            ys.append(float(r[key]))
+    return xs, ys
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -> Path | None:
+    """Loss and accuracy per epoch from ``metrics.csv``; None when matplotlib is missing or there are no rows."""
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (('train_loss', 'train'), ('val_loss', 'val')):
+        ax1.plot(*_floats(rows, key), marker='.', label=label)
+    ax1.set(xlabel='epoch', ylabel='loss', title='loss')
+    for key, label in (('train_acc1', 'train (augmented)'), ('val_acc1', 'val top-1'), ('val_acc5', 'val top-5'),
+                       ('ema_val_acc1', 'EMA val top-1')):
+        xs, ys = _floats(rows, key)
+        if xs:
+            ax2.plot(xs, ys, marker='.', label=label)
+    ax2.set(xlabel='epoch', ylabel='accuracy (%)', title='accuracy')
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | Path, title: str = '',
+                   max_classes: int = 100) -> Path | None:
+    """Row-normalised confusion matrix (true class down, predicted across); None above ``max_classes`` classes or
+    without matplotlib."""
+    n = confusion.shape[0]
+    if n > max_classes:
+        return None
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cm = confusion.double()
+    norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    size = min(4 + 0.18 * n, 22)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(norm.numpy(), cmap='Blues', vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
+    if n <= 30:
+        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
+        ax.set_yticks(range(n), [str(c) for c in classes])
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha='center', va='center',
+                            color='white' if norm[i, j] > 0.5 else 'black', fontsize=8)
+    ax.set(xlabel='predicted', ylabel='true', title=title or 'confusion matrix')
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def write_per_class_csv(confusion: torch.Tensor, classes: list[str], path: str | Path) -> Path:
+    path = Path(path)
+    totals, diag = confusion.sum(1).tolist(), confusion.diagonal().tolist()
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(('class', 'images', 'correct', 'accuracy'))
+        for c, t, d in zip(classes, totals, diag, strict=True):
+            w.writerow((c, t, d, f'{100.0 * d / t:.2f}' if t else ''))
+    return path
