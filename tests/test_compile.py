@@ -9,25 +9,28 @@ import torch
 
 import mlpvision
 
-from conftest import parity_models, parity_record
+from conftest import parity_models, parity_record, smallest_per_family
 from fill import fill_state_dict, make_input
 
 TOL = 1e-4  # compiled vs eager, relative to the largest logit
 
 
-def _smallest_per_family(names):
+def _smallest_fixture_per_family(names):
+    """Among ``names``, the one with the fewest parameters (counted on the meta device) in each family."""
     best = {}
     for n in names:
-        fam, params = mlpvision.model_family(n), mlpvision.model_meta(n).params
+        with torch.device('meta'):
+            params = mlpvision.count_params(mlpvision.create_model(n))
+        fam = mlpvision.model_family(n)
         if fam not in best or params < best[fam][1]:
             best[fam] = (n, params)
     return {n for n, _ in best.values()}
 
 
 ALL = mlpvision.list_models()
-DEFAULT = _smallest_per_family(ALL)
+DEFAULT = set(smallest_per_family())
 FIXTURES = [n for n in parity_models() if mlpvision.is_model(n)]
-DEFAULT_FIXTURES = _smallest_per_family(FIXTURES)
+DEFAULT_FIXTURES = _smallest_fixture_per_family(FIXTURES)
 
 
 def _params(names, default):
