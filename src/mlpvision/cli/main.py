@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     'train': 'train',
     'validate': 'validate',
     'predict': 'predict',
+    'bench': 'bench',
 }
 
 

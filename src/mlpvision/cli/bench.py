@@ -1,0 +1,89 @@
+"""Benchmark models in one process: params, GMACs, inference throughput, batch-1 latency (p50/p90), training-step
+throughput and peak memory, with repeats interleaved across models and medians reported. Prints a Markdown table;
+with --out DIR also writes bench.csv, bench.md and bench.png (paper top-1 against measured throughput). Progress goes
+to stderr. Example: mlpvision bench 'resmlp_s*' --baseline resnet50,mixer_b16_224 --threads 2 --out runs/bench"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+HELP = 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('pattern', nargs='?', default=None,
+                   help="glob(s) over mlpvision model names, comma-separated (e.g. 'resmlp_s*,hire_mlp_tiny')")
+    p.add_argument('--baseline', action='append', default=[], metavar='NAMES',
+                   help='timm models to measure alongside, comma-separated (e.g. resnet50,convnext_tiny); repeatable')
+    p.add_argument('--device', default='cpu', help='cpu or cuda[:N] (default cpu)')
+    p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default='fp32',
+                   help='autocast dtype (fp32 = no autocast; weights stay fp32)')
+    p.add_argument('-b', '--batch-size', type=int, default=8, help='batch for throughput (default 8)')
+    p.add_argument('--img-size', type=int, default=None,
+                   help="square input size (default: each model's cfg input size; fixed-size models are built for it)")
+    p.add_argument('--channels-last', action='store_true', help='channels-last memory format for model and input')
+    p.add_argument('--compile', action='store_true', help='torch.compile each model (dynamic=False)')
+    p.add_argument('--compile-mode', default=None, help='torch.compile mode, e.g. max-autotune')
+    p.add_argument('--reparam', action='store_true', help='measure inference on the deploy (re-parameterised) form')
+    p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
+    p.add_argument('--warmup', type=int, default=2, help='untimed calls of each kind per model (default 2)')
+    p.add_argument('--repeats', type=int, default=5, help='interleaved timed repeats (default 5)')
+    p.add_argument('--iters', type=int, default=0,
+                   help='timed calls per repeat (default 0: auto, about --repeat-time seconds per repeat)')
+    p.add_argument('--repeat-time', type=float, default=0.5, help='target seconds per repeat with --iters 0')
+    p.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                   help='wall (default) or cpu: process CPU time, a load-robust proxy on a shared machine with '
+                        '--threads 1 (not a throughput with more threads)')
+    p.add_argument('--no-latency', action='store_true', help='skip the batch-1 latency measurement')
+    p.add_argument('--no-train', action='store_true', help='skip the training-step measurement')
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory probe')
+    p.add_argument('--model-kwargs', default='', metavar='K=V,...',
+                   help="constructor kwargs for the mlpvision models, 'k=v,k=v' or JSON (e.g. 'depth=2,embed_dim=64')")
+    p.add_argument('--out', default=None, metavar='DIR', help='write bench.csv, bench.md and bench.png here')
+
+
+def parse_kwargs(text: str) -> dict:
+    """'depth=2,embed_dim=64' or a JSON object -> dict (values as Python literals where they parse)."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith('{'):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'--model-kwargs is not valid JSON: {e}') from None
+    out = {}
+    for item in text.split(','):
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise ValueError(f"--model-kwargs items must look like key=value; got {item!r} in {text!r}.")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlpvision.bench import BenchSettings, format_markdown, resolve_models, run_bench, write_outputs
+
+    settings = BenchSettings(
+        device=args.device, dtype=args.dtype, batch_size=args.batch_size, img_size=args.img_size,
+        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode, reparam=args.reparam,
+        threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+        repeat_time=args.repeat_time, clock=args.clock, latency=not args.no_latency, train=not args.no_train,
+        memory=not args.no_memory, model_kwargs=parse_kwargs(args.model_kwargs))
+    baselines = [b for group in args.baseline for b in group.split(',')]
+    models = resolve_models(args.pattern, baselines)
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results, env = run_bench(models, settings, progress)
+    print(format_markdown(results, settings, env), end='')
+    if args.out:
+        paths = write_outputs(results, settings, env, args.out)
+        progress('wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,97 @@
+"""Linear layers through oneDNN for fp32 CPU inference.
+
+PyTorch runs an fp32 ``F.linear`` on CPU as a BLAS sgemm (MKL in the official wheels). PyTorch also ships oneDNN,
+whose matmul is what its bf16 path and inductor's CPU fusions use, and which can apply the activation in the same
+pass. On the machine of ``docs/benchmarks.md`` (AMD EPYC, AVX-512) oneDNN runs the fp32 GEMMs of an MLP block about
+twice as fast as MKL (ResMLP-S12's fc1 at batch 8, one thread: 115 vs 55 GMAC/s).
+
+:func:`linear` takes the oneDNN path only where it is exact up to float rounding and needs nothing else: a CPU
+float32 input and weight, no autograd (``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require
+grad), no autocast, not while ``torch.compile`` traces (inductor picks its own kernels) and not under a Python
+dispatch mode (``FlopCounterMode`` counts only aten ops). Everywhere else it is
+``act(F.linear(x, weight, bias))``. ``set_onednn_linear(False)`` or the environment variable
+``MLPVISION_ONEDNN_LINEAR=0`` turns the path off (to compare, or on a machine where BLAS is faster).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['linear', 'mlp_forward', 'set_onednn_linear', 'onednn_linear_enabled']
+
+_enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
+_available: bool | None = None
+
+
+def set_onednn_linear(enabled: bool) -> bool:
+    """Turn the oneDNN path of :func:`linear` on or off; returns the previous setting."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    return previous
+
+
+def onednn_linear_enabled() -> bool:
+    return _enabled
+
+
+def _onednn_available() -> bool:
+    global _available
+    if _available is None:
+        _available = bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
+    return _available
+
+
+def _act_attr(act: nn.Module | None) -> tuple[str, str] | None:
+    """oneDNN post-op (name, algorithm) equal to ``act``, '' for none; None when oneDNN has no exact equivalent."""
+    if act is None or isinstance(act, nn.Identity):
+        return 'none', ''
+    if type(act) is nn.GELU:
+        return 'gelu', act.approximate  # 'none' (erf) or 'tanh', as nn.GELU
+    if type(act) is nn.ReLU:
+        return 'relu', ''
+    return None
+
+
+def _dispatch_mode_active() -> bool:
+    # a Python dispatch mode (FlopCounterMode in mlpvision.profile, FakeTensorMode, ...) sees only aten ops: give it
+    # the F.linear it knows how to count or trace
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    if not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu') or _dispatch_mode_active():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return False  # the oneDNN op has no backward
+    return _onednn_available()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           act: nn.Module | None = None) -> torch.Tensor:
+    """``act(F.linear(x, weight, bias))``, through oneDNN with the activation fused where that applies.
+
+    ``x`` is (..., in_features); ``act`` an activation module (GELU and ReLU fuse; others run after).
+    """
+    if _use_onednn(x, weight, bias):
+        attr = _act_attr(act)
+        if attr is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr[0], [], attr[1])
+        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    else:
+        y = F.linear(x, weight, bias)
+    return y if act is None else act(y)
+
+
+def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The forward of a timm ``Mlp`` (fc1, act, drop1, norm, fc2, drop2; channels last) through :func:`linear`."""
+    if not isinstance(mlp.fc1, nn.Linear):  # the 1x1-conv form (use_conv=True) keeps its own forward
+        return mlp(x)
+    x = linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.act)
+    x = mlp.norm(mlp.drop1(x))
+    return mlp.drop2(linear(x, mlp.fc2.weight, mlp.fc2.bias))

@@ -1,0 +1,125 @@
+"""`mlpvision bench` runs end to end on tiny settings and writes well-formed CSV, Markdown and PNG (no timings are
+asserted: speed lives in the command, not in tests)."""
+import csv
+
+import pytest
+import torch
+
+import mlpvision
+from mlpvision.bench import BenchSettings, _percentile, resolve_models
+from mlpvision.cli.bench import parse_kwargs
+from mlpvision.cli.main import main
+
+# a one-block ResMLP on 32x32 inputs: 4 tokens, 32 channels
+TINY = ['resmlp_s12', '--model-kwargs', 'depth=1,embed_dim=32', '--img-size', '32', '--threads', '1',
+        '--repeats', '2', '--warmup', '1', '--iters', '1']
+NUMERIC = ('params', 'gmacs', 'infer_img_s', 'infer_spread_pct', 'latency_p50_ms', 'latency_p90_ms',
+           'peak_mem_infer_mib')
+
+
+def _read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def _md_rows(text):
+    table = [line for line in text.splitlines() if line.startswith('|')]
+    header, rule, rows = table[0], table[1], table[2:]
+    ncol = header.count('|') - 1
+    assert set(rule.replace('|', '').replace('-', '').replace(':', '')) == set()
+    assert all(r.count('|') - 1 == ncol for r in rows)
+    return header, [[c.strip() for c in r.strip('|').split('|')] for r in rows]
+
+
+def _check_png(path):
+    import matplotlib.image as mpimg
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_bench_fp32_with_baseline(tmp_path, capsys):
+    assert main(['bench', *TINY, '--baseline', 'test_resnet', '--out', str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert '[repeat 2/2] resmlp_s12' in err and '[repeat 2/2] test_resnet' in err  # progress on stderr
+    rows = _read_csv(tmp_path / 'bench.csv')
+    assert [r['model'] for r in rows] == ['resmlp_s12', 'test_resnet']
+    assert [r['source'] for r in rows] == ['mlpvision', 'timm']
+    tiny = mlpvision.create_model('resmlp_s12', depth=1, embed_dim=32, img_size=32)
+    assert int(rows[0]['params']) == mlpvision.count_params(tiny)
+    for r in rows:
+        assert r['input_size'] == '32x32' and r['form'] == 'train' and r['dtype'] == 'fp32'
+        assert r['batch_size'] == '8' and r['threads'] == '1' and r['repeats'] == '2' and r['clock'] == 'wall'
+        for k in NUMERIC + ('train_img_s', 'peak_mem_train_mib'):
+            assert float(r[k]) >= 0, k
+        assert float(r['latency_p90_ms']) >= float(r['latency_p50_ms'])
+        # held weights alone bound the peak from below
+        assert float(r['peak_mem_infer_mib']) * 2 ** 20 >= 4 * int(r['params'])
+        assert float(r['peak_mem_train_mib']) >= float(r['peak_mem_infer_mib'])
+    # the model kwargs change the architecture, so the paper's figures are left out; baselines have none
+    assert all(r['paper_top1'] == '' for r in rows)
+    md = (tmp_path / 'bench.md').read_text()
+    assert md == out
+    header, cells = _md_rows(md)
+    assert 'paper top-1' in header and 'img/s (b8)' in header
+    assert [c[0] for c in cells] == ['resmlp_s12', 'test_resnet (timm)']
+    assert 'memory_method' in md and 'torch.profiler' in md
+    _check_png(tmp_path / 'bench.png')
+
+
+def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
+    args = [*TINY, '--dtype', 'bf16', '--reparam', '--channels-last', '--no-train', '--batch-size', '2',
+            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--out', str(tmp_path)]
+    assert main(['bench', *args]) == 0
+    (row,) = _read_csv(tmp_path / 'bench.csv')
+    deployed = mlpvision.create_model('resmlp_s12', depth=1, embed_dim=32, img_size=32, deploy=True)
+    assert row['form'] == 'deploy' and int(row['params']) == mlpvision.count_params(deployed)
+    assert row['dtype'] == 'bf16' and row['channels_last'] == 'True' and row['batch_size'] == '2'
+    assert row['clock'] == 'cpu'
+    assert row['train_img_s'] == '' and row['peak_mem_train_mib'] == ''
+    for k in NUMERIC:
+        assert float(row[k]) >= 0, k
+    _, cells = _md_rows((tmp_path / 'bench.md').read_text())
+    assert cells[0][0] == 'resmlp_s12 [deploy]'
+    _check_png(tmp_path / 'bench.png')
+
+
+def test_paper_figures_beside_measured(tmp_path):
+    """Without model kwargs a row carries the registry's paper figures next to the measured params and MACs."""
+    args = ['resmlp_s12', '--batch-size', '1', '--repeats', '1', '--warmup', '0', '--iters', '1', '--no-latency',
+            '--no-train', '--no-memory', '--threads', '1', '--out', str(tmp_path)]
+    assert main(['bench', *args]) == 0
+    (row,) = _read_csv(tmp_path / 'bench.csv')
+    meta = mlpvision.model_meta('resmlp_s12')
+    assert int(row['params']) == meta.params
+    assert round(float(row['gmacs']), 2) == round(meta.gmacs, 2)
+    assert (row['paper_params'], float(row['paper_gmacs']), float(row['paper_top1'])) == ('15.4M', 3.0, 76.6)
+    assert row['latency_p50_ms'] == '' and row['peak_mem_infer_mib'] == ''
+    _, cells = _md_rows((tmp_path / 'bench.md').read_text())
+    assert cells[0][:6] == ['resmlp_s12', '15.35', '3.01', '15.4M', '3', '76.6']
+    _check_png(tmp_path / 'bench.png')
+
+
+def test_errors(capsys):
+    assert main(['bench', 'resmlp_s12', '--baseline', 'not_a_timm_model']) == 2
+    assert 'not_a_timm_model' in capsys.readouterr().err
+    assert main(['bench', 'nothing_like_this*']) == 2
+    assert 'nothing_like_this*' in capsys.readouterr().err
+    assert main(['bench']) == 2
+    assert '--baseline' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='dtype'):
+        BenchSettings(dtype='int8')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda'"):
+            BenchSettings(device='cuda')
+    with pytest.raises(ValueError, match='key=value'):
+        parse_kwargs('depth')
+
+
+def test_helpers():
+    assert parse_kwargs('depth=2, embed_dim=64,act=gelu') == {'depth': 2, 'embed_dim': 64, 'act': 'gelu'}
+    assert parse_kwargs('{"img_size": [32, 32]}') == {'img_size': [32, 32]}
+    assert resolve_models('resmlp_s12,resmlp_s2*', ['resnet18']) == [
+        ('resmlp_s12', 'mlpvision'), ('resmlp_s24', 'mlpvision'), ('resnet18', 'timm')]
+    assert _percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
+    assert _percentile([7.0], 50) == 7.0

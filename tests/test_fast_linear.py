@@ -1,0 +1,98 @@
+"""mlpvision.layers.fast_linear: the oneDNN path equals F.linear up to float rounding, and every case it does not
+cover (autograd, autocast, switched off) is exactly F.linear."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+
+from mlpvision.layers import fast_linear
+from mlpvision.layers.fast_linear import linear, mlp_forward, set_onednn_linear
+
+TOL = 1e-5  # relative to the largest output: float32 rounding of a different summation order
+
+
+def _close(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert (a - b).abs().max().item() <= TOL * b.abs().max().item()
+
+
+@pytest.fixture
+def xwb():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, 7, 48, generator=g), torch.randn(96, 48, generator=g) * 0.1,
+            torch.randn(96, generator=g))
+
+
+@pytest.mark.parametrize('act', [None, nn.GELU(), nn.GELU(approximate='tanh'), nn.ReLU(), nn.SiLU()])
+@pytest.mark.parametrize('bias', [True, False])
+def test_matches_f_linear(xwb, act, bias):
+    x, w, b = xwb
+    b = b if bias else None
+    with torch.no_grad():
+        ref = F.linear(x, w, b)
+        ref = ref if act is None else act(ref)
+        _close(linear(x, w, b, act), ref)
+        _close(linear(x.transpose(0, 1), w, b, act), ref.transpose(0, 1))  # non-contiguous input
+
+
+def test_onednn_path_is_taken(xwb, monkeypatch):
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN linear op')
+    x, w, b = xwb
+    calls = []
+    real = F.linear
+    monkeypatch.setattr(fast_linear.F, 'linear', lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        linear(x, w, b, nn.GELU())
+    assert calls == []
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        linear(x, w, b)
+    assert calls == [1]
+
+
+def test_autograd_and_switch_are_exact(xwb):
+    x, w, b = xwb
+    w = w.clone().requires_grad_()
+    y = linear(x, w, b, nn.GELU())
+    assert torch.equal(y, F.gelu(F.linear(x, w, b)))
+    y.sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
+    previous = set_onednn_linear(False)
+    try:
+        with torch.no_grad():
+            assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    finally:
+        set_onednn_linear(previous)
+
+
+def test_autocast_is_f_linear(xwb):
+    x, w, b = xwb
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        y = linear(x, w, b, nn.GELU())
+        assert y.dtype == torch.bfloat16
+        assert torch.equal(y, F.gelu(F.linear(x, w, b)))
+
+
+def test_mlp_forward(xwb):
+    x = xwb[0]
+    mlp = Mlp(48, 96, drop=0.1).eval()
+    with torch.no_grad():
+        _close(mlp_forward(mlp, x), mlp(x))
+    conv = Mlp(48, 96, use_conv=True).eval()
+    x4 = x.reshape(2, 48, 7, 1)  # B, C, H, W
+    with torch.no_grad():
+        assert torch.equal(mlp_forward(conv, x4), conv(x4))
+    mlp.train()
+    torch.manual_seed(0)
+    y = mlp_forward(mlp, x)
+    torch.manual_seed(0)
+    assert torch.equal(y, mlp(x))  # training: F.linear, dropout in the same places
+
+
+def test_flop_counter_sees_the_linear(xwb):
+    from torch.utils.flop_counter import FlopCounterMode
+    x, w, b = xwb
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        linear(x, w, b, nn.GELU())
+    assert counter.get_total_flops() == 2 * 2 * 7 * 48 * 96
