@@ -82,6 +82,10 @@ def test_compile_inductor_matches_eager(name, deploy):
 
 @pytest.mark.parametrize('name', _params(FIXTURES, DEFAULT_FIXTURES))
 def test_bf16_autocast_same_top1(name, tmp_path):
+    """bf16 autocast keeps fp32's top-1 class wherever fp32's top-1/top-2 margin exceeds twice the largest bf16
+    logit deviation; where it does not (resmlp_s36 and strip_mlp_tiny have margins of 4e-4 to 6e-4 on logits of
+    about 0.4, below bf16's resolution), bf16's top-1 must be one of fp32's top two. The deviation itself stays
+    below 1% of the largest logit."""
     rec = parity_record(name)
     path = tmp_path / 'official.pth'
     torch.save({'model': fill_state_dict(rec['schema'])}, path)
@@ -90,7 +94,14 @@ def test_bf16_autocast_same_top1(name, tmp_path):
     with torch.no_grad():
         ref = model(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = model(x)
-    assert torch.equal(low.float().argmax(1), ref.argmax(1)), (
-        f'bf16 top-1 {low.float().argmax(1).tolist()} != fp32 {ref.argmax(1).tolist()} '
-        f'(fp32 top-2 margins {(ref.topk(2).values[:, 0] - ref.topk(2).values[:, 1]).tolist()})')
+            low = model(x).float()
+    dev = (low - ref).abs().max().item()
+    assert dev <= 0.01 * ref.abs().max().item(), f'bf16 deviates by {dev:.3g}'
+    top2 = ref.topk(2)
+    margin = top2.values[:, 0] - top2.values[:, 1]
+    got = low.argmax(1)
+    for i in range(len(ref)):
+        if margin[i] > 2 * dev:
+            assert got[i] == top2.indices[i, 0], f'sample {i}: bf16 top-1 {got[i]} != fp32 {top2.indices[i, 0]}'
+        else:
+            assert got[i] in top2.indices[i], f'sample {i}: bf16 top-1 {got[i]} not in fp32 top-2 {top2.indices[i]}'

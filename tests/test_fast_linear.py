@@ -45,8 +45,10 @@ def test_onednn_path_is_taken(xwb, monkeypatch):
     monkeypatch.setattr(fast_linear.F, 'linear', lambda *a: calls.append(1) or real(*a))
     with torch.inference_mode():
         linear(x, w, b, nn.GELU())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            linear(x, w, b)
     assert calls == []
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         linear(x, w, b)
     assert calls == [1]
 
@@ -66,12 +68,34 @@ def test_autograd_and_switch_are_exact(xwb):
         set_onednn_linear(previous)
 
 
-def test_autocast_is_f_linear(xwb):
+@pytest.mark.parametrize('act', [None, nn.GELU()])
+def test_bf16_autocast(xwb, act):
+    """Under bf16 autocast: bf16 out, equal to autocast's F.linear up to one bf16 rounding."""
     x, w, b = xwb
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        y = linear(x, w, b, nn.GELU())
-        assert y.dtype == torch.bfloat16
-        assert torch.equal(y, F.gelu(F.linear(x, w, b)))
+        y = linear(x, w, b, act)
+        ref = F.linear(x, w, b)
+        ref = ref if act is None else act(ref)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    assert (y.float() - ref.float()).abs().max().item() <= 2 ** -7 * ref.float().abs().max().item()
+
+
+def test_bf16_weight_copy_follows_the_parameter(xwb):
+    x, w, b = xwb
+    lin = nn.Linear(48, 96)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            before = linear(x, lin.weight, lin.bias)
+            lin.weight.mul_(2)  # in place: the cached bf16 copy must be remade
+            after = linear(x, lin.weight, lin.bias)
+            ref = F.linear(x, lin.weight, lin.bias)
+    assert not torch.equal(before, after)
+    assert (after.float() - ref.float()).abs().max().item() <= 2 ** -7 * ref.float().abs().max().item()
+    with torch.inference_mode():
+        made_here = nn.Linear(48, 96)  # inference tensors: no version counter, cast on every call
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert linear(x, made_here.weight, made_here.bias).dtype == torch.bfloat16
 
 
 def test_mlp_forward(xwb):

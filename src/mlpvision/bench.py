@@ -606,6 +606,7 @@ def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: st
     ax.set_title(f'{settings.device}, {settings.dtype}{", compiled" if settings.compile else ""}'
                  f'{", deploy form" if settings.reparam else ""}', fontsize=9)
     ax.grid(True, alpha=0.3)
+    ax.margins(x=0.08, y=0.12)  # room for the labels of the outermost points
     if families:
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,15 +1,23 @@
-"""Linear layers through oneDNN for fp32 CPU inference.
+"""Linear layers through oneDNN for CPU inference (fp32, and bf16 autocast).
 
 PyTorch runs an fp32 ``F.linear`` on CPU as a BLAS sgemm (MKL in the official wheels). PyTorch also ships oneDNN,
 whose matmul is what its bf16 path and inductor's CPU fusions use, and which can apply the activation in the same
 pass. On the machine of ``docs/benchmarks.md`` (AMD EPYC, AVX-512) oneDNN runs the fp32 GEMMs of an MLP block about
 twice as fast as MKL (ResMLP-S12's fc1 at batch 8, one thread: 115 vs 55 GMAC/s).
 
-:func:`linear` takes the oneDNN path only where it is exact up to float rounding and needs nothing else: a CPU
-float32 input and weight, no autograd (``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require
-grad), no autocast, not while ``torch.compile`` traces (inductor picks its own kernels) and not under a Python
-dispatch mode (``FlopCounterMode`` counts only aten ops). Everywhere else it is
-``act(F.linear(x, weight, bias))``. ``set_onednn_linear(False)`` or the environment variable
+:func:`linear` takes the oneDNN path only where it needs nothing else: a CPU input and weight, no autograd
+(``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require grad), not while ``torch.compile``
+traces (inductor picks its own kernels) and not under a Python dispatch mode (``FlopCounterMode`` counts only aten
+ops). Two cases are covered:
+
+* float32 without autocast: equal to ``act(F.linear(x, weight, bias))`` up to float rounding (another summation
+  order);
+* bf16 autocast: the GEMM autocast would run (bf16 input, weight and bias, float accumulation), with a bf16 copy of
+  the weight and bias kept between calls (remade when the parameter changes in place) instead of a cast on every
+  call, and the activation applied before the output is rounded to bf16 rather than after; the output is bf16
+  either way. This keeps a bf16 copy of every weight it has seen (half the fp32 size).
+
+Everywhere else it is ``act(F.linear(x, weight, bias))``. ``set_onednn_linear(False)`` or the environment variable
 ``MLPVISION_ONEDNN_LINEAR=0`` turns the path off (to compare, or on a machine where BLAS is faster).
 """
 from __future__ import annotations
@@ -19,11 +27,13 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['linear', 'mlp_forward', 'set_onednn_linear', 'onednn_linear_enabled']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
+_bf16_copies = WeakIdKeyDictionary()  # parameter -> (its _version when copied, bf16 copy)
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -61,15 +71,38 @@ def _dispatch_mode_active() -> bool:
     return torch._C._len_torch_dispatch_stack() > 0
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if not _enabled or x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return False
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled('cpu') or _dispatch_mode_active():
-        return False
+def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype the oneDNN path computes in for this call (float32 or bfloat16), or None when it does not apply."""
+    if not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
+        return None
+    if torch.compiler.is_compiling() or _dispatch_mode_active():
+        return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):
-        return False  # the oneDNN op has no backward
-    return _onednn_available()
+        return None  # the oneDNN op has no backward
+    if not _onednn_available():
+        return None
+    floats = (torch.float32, torch.bfloat16)
+    if torch.is_autocast_enabled('cpu'):
+        if torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in floats and weight.dtype in floats:
+            return torch.bfloat16
+        return None
+    if x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        return torch.float32
+    return None
+
+
+def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` in bfloat16; for a float32 tensor a copy kept until ``t`` changes in place."""
+    if t is None or t.dtype == torch.bfloat16:
+        return t
+    if t.is_inference():  # no version counter to tell when it changes: cast every call
+        return t.to(torch.bfloat16)
+    entry = _bf16_copies.get(t)
+    if entry is None or entry[0] != t._version:
+        entry = (t._version, t.detach().to(torch.bfloat16))
+        _bf16_copies[t] = entry
+    return entry[1]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -78,14 +111,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
     ``x`` is (..., in_features); ``act`` an activation module (GELU and ReLU fuse; others run after).
     """
-    if _use_onednn(x, weight, bias):
-        attr = _act_attr(act)
-        if attr is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr[0], [], attr[1])
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-    else:
+    dtype = _onednn_dtype(x, weight, bias)
+    if dtype is None:
         y = F.linear(x, weight, bias)
-    return y if act is None else act(y)
+        return y if act is None else act(y)
+    if dtype == torch.bfloat16:
+        x, weight, bias = x.to(torch.bfloat16), _bf16(weight), _bf16(bias)
+    attr = _act_attr(act)
+    if attr is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr[0], [], attr[1])
+    y = torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    return act(y)
 
 
 def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
