@@ -74,6 +74,7 @@ def test_compile_fullgraph_capture_deploy_form(name):
 # inductor's C++ code generation for one model takes 1.5 min (AS-MLP-T, 2 cores, load 5) to 12 min (load 12) on the
 # 2-core development machine, too long for the default suite: every model runs it in the slow suite
 @pytest.mark.slow
+@pytest.mark.inductor
 @pytest.mark.parametrize('deploy', [False, True], ids=['train_form', 'deploy_form'])
 @pytest.mark.parametrize('name', ALL)
 def test_compile_inductor_matches_eager(name, deploy):
