@@ -127,6 +127,13 @@ class PyramidNet(nn.Module):
             x = self.stages(x)
         return self.norm(x)
 
+    def forward_stage(
+            self, stage: nn.Module, x: torch.Tensor, carry: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run one stage. ``carry`` holds what a stage hands to later ones besides the feature map (Strip-MLP's
+        multi-scale skips); the plain stages here hand nothing."""
+        return stage(x), carry
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
@@ -152,8 +159,9 @@ class PyramidNet(nn.Module):
         x = self.forward_stem(x)
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+        carry: list[torch.Tensor] = []
         for i, stage in enumerate(stages):
-            x = stage(x)
+            x, carry = self.forward_stage(stage, x, carry)
             if i in take_indices:
                 intermediates.append(self.norm(x) if norm and i == last else x)
         if intermediates_only:

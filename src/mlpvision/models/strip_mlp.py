@@ -67,7 +67,6 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ._base import PyramidNet, check_input, to_2tuple_int
@@ -453,37 +452,14 @@ class StripMLP(PyramidNet):
         x = self.forward_stem(x)
         carry: list[torch.Tensor] = []
         for stage in self.stages:
-            x, carry = stage(x, carry)
+            x, carry = self.forward_stage(stage, x, carry)
         return self.norm(x)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4, 8, 16, 32) and, unless ``intermediates_only``, the final normed feature map.
-        ``norm=True`` applies the final norm to the last stage's output only."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.forward_stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        carry: list[torch.Tensor] = []
-        for i, stage in enumerate(stages):
-            x, carry = stage(x, carry)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
+    def forward_stage(
+            self, stage: nn.Module, x: torch.Tensor, carry: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # each stage takes the skip tensors of the earlier ones and hands on its own (PyramidNet's stage hook)
+        return stage(x, carry)
 
     def prune_intermediate_layers(
             self,
