@@ -51,7 +51,8 @@ official code (which has no init function).
 No deploy form: the only foldable parts are the two BatchNorms after 1x1 convs in each block (a few per cent of
 the memory traffic, less than 1% of CPU time), so ``deploy=True`` is accepted and builds the same model.
 
-Deviations from the official code: input checks raise ValueError instead of asserting; non-square sizes (above);
+Deviations from the official code: input checks raise ValueError instead of asserting; the channel MLP's linears run
+through :mod:`mlpvision.layers.fast_linear` (oneDNN for fp32 CPU inference; equal up to float rounding); non-square sizes (above);
 the GRN is sized by the channel-MLP ratio (the official code hard-codes 3C, so any other ratio crashes there);
 the official ``drop_rate`` reaches a Dropout that is never called, here ``drop_rate`` is timm's head dropout
 (default 0, i.e. no dropout, as released); key names follow timm's layout (``stem``, ``stages.i.downsample``,
@@ -69,6 +70,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
+from ..layers.fast_linear import linear
 from ._base import PyramidNet, check_input, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -274,7 +276,9 @@ class ChannelMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
-        x = self.fc2(self.grn(self.act(self.fc1(self.norm(x)))))
+        # fast_linear: oneDNN with GELU fused for fp32 CPU inference, F.linear otherwise (equal up to rounding)
+        x = linear(self.norm(x), self.fc1.weight, self.fc1.bias, self.act)
+        x = linear(self.grn(x), self.fc2.weight, self.fc2.bias)
         return x.permute(0, 3, 1, 2)  # B, C, H, W
 
 
