@@ -52,7 +52,8 @@ No deploy form: the only foldable parts are the two BatchNorms after 1x1 convs i
 the memory traffic, less than 1% of CPU time), so ``deploy=True`` is accepted and builds the same model.
 
 Deviations from the official code: input checks raise ValueError instead of asserting; the channel MLP's linears run
-through :mod:`mlpvision.layers.fast_linear` (oneDNN for fp32 CPU inference; equal up to float rounding); non-square sizes (above);
+through :mod:`mlpvision.layers.fast_linear` (oneDNN for fp32 CPU inference; equal up to float rounding);
+non-square sizes (above);
 the GRN is sized by the channel-MLP ratio (the official code hard-codes 3C, so any other ratio crashes there);
 the official ``drop_rate`` reaches a Dropout that is never called, here ``drop_rate`` is timm's head dropout
 (default 0, i.e. no dropout, as released); key names follow timm's layout (``stem``, ``stages.i.downsample``,
