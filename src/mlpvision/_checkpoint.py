@@ -90,8 +90,8 @@ def family_filter_fn(model: nn.Module) -> Callable[[dict, nn.Module], dict] | No
 
 
 def _model_name(model: nn.Module) -> str:
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return cfg.get('architecture') or type(model).__name__
+    from .models._base import model_name  # imported here: the model files import this module
+    return model_name(model)
 
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = 'checkpoint') -> None:

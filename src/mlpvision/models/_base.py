@@ -18,7 +18,7 @@ from timm.layers import ClassifierHead
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ['PyramidNet', 'check_input', 'to_2tuple_int']
+__all__ = ['PyramidNet', 'check_input', 'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
 
 
 def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
@@ -26,6 +26,17 @@ def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
+
+
+def model_name(model: nn.Module) -> str:
+    """The registered name (from the pretrained cfg) for error messages, else the class name."""
+    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+
+
+def one_d_and_bias_params(model: nn.Module) -> set[str]:
+    """Names of every 1-D parameter and every ``.bias``: what the DeiT- and Swin-based official optimizers (and
+    timm's ``param_groups_weight_decay``) exclude from weight decay."""
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
 
 
 def check_input(

@@ -48,7 +48,7 @@ from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
-from ._base import PyramidNet, check_input
+from ._base import PyramidNet, check_input, one_d_and_bias_params
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['ASMLP', 'AxialShiftMLP', 'AxialShiftedBlock']
@@ -278,7 +278,7 @@ class ASMLP(PyramidNet):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         # the Swin-based official optimizer skips every 1-D parameter and every '.bias' (AS_MLP defines no list)
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+        return one_d_and_bias_params(self)
 
     def check_input(self, x: torch.Tensor) -> None:
         check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)

@@ -56,7 +56,7 @@ from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import unwrap_state_dict
-from ._base import PyramidNet, check_input
+from ._base import PyramidNet, check_input, one_d_and_bias_params
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['HireMLPNet', 'HireBlock', 'HireMLP', 'RegionMlp']
@@ -364,7 +364,7 @@ class HireMLPNet(PyramidNet):
     def no_weight_decay(self) -> set[str]:
         # the official recipe (DeiT's train.py -> timm create_optimizer with filter_bias_and_bn) exempts every 1-D
         # parameter (BN weights and biases, conv and linear biases); the model lists no names of its own
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+        return one_d_and_bias_params(self)
 
 
 def _official_to_ours(k: str) -> str:

@@ -53,7 +53,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import CheckpointError
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
-from ._base import PyramidNet, check_input, to_2tuple_int
+from ._base import PyramidNet, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
@@ -217,11 +217,6 @@ class SequentialStage(nn.Module):
         return self.blocks(x)
 
 
-def model_name(model: nn.Module) -> str:
-    """The registered name (from the pretrained cfg) for error messages, else the class name."""
-    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-
-
 class RepMLPNet(PyramidNet):
     """RepMLPNet, built for a native input size; integer multiples of it per axis also run."""
 
@@ -291,7 +286,7 @@ class RepMLPNet(PyramidNet):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         # official optimizer.py (Swin's): no weight decay for every 1-D parameter and every bias
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+        return one_d_and_bias_params(self)
 
 
 def _official_to_ours(k: str) -> str:

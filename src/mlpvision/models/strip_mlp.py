@@ -72,7 +72,7 @@ from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from ..layers.fast_linear import linear
-from ._base import PyramidNet, check_input, to_2tuple_int
+from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['StripMLP', 'StripBlock', 'StripMixing', 'CGSMM', 'LSMM', 'ChannelMixing', 'GRN', 'official_num_patches']
@@ -451,7 +451,7 @@ class StripMLP(PyramidNet):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         # the official (Swin) optimizer skips 1-D parameters and '*.bias'; the model itself names nothing
-        return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+        return one_d_and_bias_params(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
