@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 from mlpvision.layers import fast_linear
-from mlpvision.layers.fast_linear import linear, mlp_forward, set_onednn_linear
+from mlpvision.layers.fast_linear import conv1x1, conv_mlp_forward, linear, mlp_forward, set_onednn_linear
 
 TOL = 1e-5  # relative to the largest output: float32 rounding of a different summation order
 
@@ -120,3 +120,56 @@ def test_flop_counter_sees_the_linear(xwb):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         linear(x, w, b, nn.GELU())
     assert counter.get_total_flops() == 2 * 2 * 7 * 48 * 96
+
+
+# --- 1x1 convs on channels-last maps --------------------------------------------------------------------------------
+
+def _conv_ref(conv, x, act, residual):
+    y = conv(x)
+    y = y if act is None else act(y)
+    return y if residual is None else residual + y
+
+
+@pytest.mark.parametrize('act', [None, nn.GELU(), nn.ReLU(), nn.SiLU()])
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_conv1x1_matches_the_conv(act, with_residual):
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(24, 40, 1)
+    x = torch.randn(2, 24, 5, 7, generator=g)
+    res = torch.randn(2, 40, 5, 7, generator=g) if with_residual else None
+    with torch.no_grad():
+        ref = _conv_ref(conv, x, act, res)
+        assert torch.equal(conv1x1(x, conv, act, res), ref)  # NCHW storage: the module itself
+        cl = torch.channels_last
+        res_cl = None if res is None else res.contiguous(memory_format=cl)
+        y = conv1x1(x.contiguous(memory_format=cl), conv, act, res_cl)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    _close(y, ref)
+
+
+def test_conv1x1_onednn_path_is_taken_only_where_it_applies(monkeypatch):
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN ops')
+    conv = nn.Conv2d(8, 16, 1)
+    calls = []
+    monkeypatch.setattr(conv, 'forward', lambda x: calls.append(1) or F.conv2d(x, conv.weight, conv.bias))
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv1x1(x, conv, nn.GELU())
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert conv1x1(x, conv, nn.GELU()).dtype == torch.bfloat16
+    assert calls == []
+    y = conv1x1(x, conv, nn.GELU())  # autograd: the module, with its backward
+    assert calls == [1] and y.requires_grad
+    strided = nn.Conv2d(8, 16, 1, stride=2)
+    with torch.no_grad():
+        assert torch.equal(conv1x1(x, strided), strided(x))
+
+
+def test_conv_mlp_forward():
+    mlp = Mlp(16, 32, act_layer=nn.GELU, use_conv=True).eval()
+    x = torch.randn(2, 16, 3, 5).contiguous(memory_format=torch.channels_last)
+    res = torch.randn(2, 16, 3, 5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _close(conv_mlp_forward(mlp, x), mlp(x))
+        _close(conv_mlp_forward(mlp, x, residual=res), res + mlp(x))
