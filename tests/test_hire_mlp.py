@@ -102,7 +102,52 @@ def test_structure_follows_official(tiny):
     assert (stem.kernel_size, stem.stride, stem.padding) == ((7, 7), (4, 4), (2, 2))
     down = model.stages[1].downsample.conv
     assert (down.kernel_size, down.stride, down.padding) == ((3, 3), (2, 2), (1, 1))
-    assert isinstance(model.stem.bn.act, nn.ReLU) and isinstance(model.stages[3].downsample.bn.act, nn.ReLU)
+    assert isinstance(model.stem.bn, nn.BatchNorm2d) and isinstance(model.stem.act, nn.ReLU)
+    assert isinstance(model.stages[3].downsample.act, nn.ReLU)
+
+
+def test_deploy_form_folds_every_norm_it_can():
+    # released settings (circular padding): only the final norm is left; the equivalence itself is tested for every
+    # model in float64 by tests/test_models.py
+    deployed = mlpvision.create_model('hire_mlp_tiny', deploy=True)
+    assert [n for n, m in deployed.named_modules() if isinstance(m, nn.BatchNorm2d)] == ['norm']
+    # a zero-filled shift or region padding brings in zeros after the first norm: it stays, and the deploy form of
+    # such a model still equals its training form
+    torch.manual_seed(0)
+    kw = dict(depths=(1, 2, 1, 1), embed_dims=(16, 32, 32, 64), step_pad_mode='zero', drop_path_rate=0.)
+    model = mlpvision.create_model('hire_mlp_tiny', **kw).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    deployed = mlpvision.reparameterize(model)
+    norm1 = [type(b.norm1) for s in deployed.stages for b in s.blocks]
+    assert norm1 == [nn.Identity, nn.Identity, nn.BatchNorm2d, nn.Identity, nn.Identity]  # steps 0, 0, 2, 0, 0
+    x = torch.randn(2, 3, 70, 90)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), rtol=1e-4, atol=1e-5)
+    direct = mlpvision.create_model('hire_mlp_tiny', deploy=True, **kw)
+    direct.load_state_dict(deployed.state_dict(), strict=True)
+
+
+def test_channels_last_only_changes_the_storage():
+    kw = dict(depths=(1, 2, 1, 1), embed_dims=(16, 32, 32, 64), drop_path_rate=0.)
+    torch.manual_seed(0)
+    ref = mlpvision.create_model('hire_mlp_tiny', channels_last=False, **kw)
+    cl = mlpvision.create_model('hire_mlp_tiny', **kw)
+    cl.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 70, 90)  # regions padded on both axes
+    with torch.inference_mode():
+        y_ref, feats_ref = ref.eval().forward_intermediates(x)
+        y, feats = cl.eval().forward_intermediates(x)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+    for a, b in zip([y, *feats], [y_ref, *feats_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    target = torch.tensor([1, 2])
+    for m in (ref.train(), cl.train()):
+        F.cross_entropy(m(x), target).backward()
+    for (name, a), b in zip(cl.named_parameters(), ref.parameters(), strict=True):
+        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, name
 
 
 def test_param_counts_and_macs_match_official():
@@ -241,8 +286,7 @@ def test_official_mode_names_and_bad_knobs():
 def test_grad_checkpointing_same_output():
     model = _tiny().train()
     x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        ref = model(x)
+    ref = model(x).detach()  # with autograd, as below (without it the convs take the fused oneDNN path)
     model.set_grad_checkpointing(True)
     y = model(x)
     y.sum().backward()

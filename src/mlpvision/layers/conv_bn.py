@@ -10,10 +10,10 @@ __all__ = ['ConvBN']
 
 
 class ConvBN(nn.Module):
-    """``act(bn(conv(x)))`` with a bias-free conv; the deploy form is ``act(conv(x))`` with a biased conv.
+    """``act(bn(conv(x)))`` (conv without bias unless asked); the deploy form is ``act(conv(x))`` with a biased conv.
 
     State-dict keys are ``conv.*`` and ``bn.*`` (deploy: ``conv.weight``, ``conv.bias``), the names the RepVGG-family
-    official code (RepMLP, RepMLPNet) uses for its conv-BN pairs.
+    official code (RepMLP, RepMLPNet) uses for its conv-BN pairs, as timm's ``ConvNormAct`` (Hire-MLP).
     """
 
     def __init__(
@@ -25,10 +25,12 @@ class ConvBN(nn.Module):
             padding: int | tuple[int, int] = 0,
             groups: int = 1,
             act_layer: type[nn.Module] | None = None,
+            bias: bool = False,
             deploy: bool = False,
     ) -> None:
+        """``bias``: the conv of the training form has a bias too (the deploy form always has one)."""
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=deploy)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=bias or deploy)
         self.bn = nn.Identity() if deploy else nn.BatchNorm2d(out_chs)
         self.act = act_layer() if act_layer is not None else nn.Identity()
 

@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ['linear', 'conv1x1', 'mlp_forward', 'conv_mlp_forward', 'set_onednn_linear', 'onednn_linear_enabled']
+__all__ = ['linear', 'conv1x1', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward', 'set_onednn_linear',
+           'onednn_linear_enabled']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
@@ -147,16 +148,31 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
     to 2x faster than the conv followed by a separate activation; oneDNN's inner product was slower than its
     convolution for these shapes.) Otherwise it is ``act(conv(x)) + residual``.
     """
-    dtype = None
-    if _is_pointwise_conv(conv) and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        dtype = _onednn_dtype(x, conv.weight, conv.bias)
-        if residual is not None and torch.is_grad_enabled() and residual.requires_grad:
-            dtype = None
+    if _is_pointwise_conv(conv) and _conv_dtype(x, conv.weight, conv.bias, residual) is not None:
+        return pointwise_conv(x, conv.weight, conv.bias, act, residual)
+    y = conv(x)  # the module, with its hooks
+    y = y if act is None else act(y)
+    return y if residual is None else residual + y
+
+
+def _conv_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                residual: torch.Tensor | None) -> torch.dtype | None:
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    if residual is not None and torch.is_grad_enabled() and residual.requires_grad:
+        return None
+    return _onednn_dtype(x, weight, bias)
+
+
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   act: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`conv1x1` with the kernel (C_out, C_in, 1, 1) and bias given as tensors:
+    ``act(F.conv2d(x, weight, bias)) + residual``."""
+    dtype = _conv_dtype(x, weight, bias, residual)
     if dtype is None:
-        y = conv(x)
+        y = F.conv2d(x, weight, bias)
         y = y if act is None else act(y)
         return y if residual is None else residual + y
-    weight, bias = conv.weight, conv.bias
     if dtype == torch.bfloat16:
         x, weight, bias = x.to(torch.bfloat16), _bf16(weight), _bf16(bias)
     geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups

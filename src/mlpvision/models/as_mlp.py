@@ -305,9 +305,10 @@ class ASMLP(PyramidNet):
         check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pos_drop(super().forward_stem(x))
-        # channels-last from here on: the 1x1 convs then run as linear layers over the channels (see conv1x1)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        self.check_input(x)
+        if self.channels_last:  # channels-last from here on, the stem conv included (see conv1x1)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.pos_drop(self.stem(x))
 
 
 def _official_to_ours(k: str) -> str:
