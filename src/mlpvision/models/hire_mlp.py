@@ -291,7 +291,7 @@ class HireMLP(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The module's output, plus ``residual`` when given (summed inside the projection where that is fused)."""
         b, c = x.shape[:2]
-        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+        if x.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
             # every branch starts with a conv that autocast would feed this map in its lower precision: cast once
             # here, so that the shifts, paddings and rearrangements before it move half the bytes (copies: exact)
             x = x.to(torch.get_autocast_dtype(x.device.type))

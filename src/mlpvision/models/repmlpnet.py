@@ -53,6 +53,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import CheckpointError
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
+from ..layers.fast_linear import grouped_linear, linear
 from ._base import PyramidNet, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -76,11 +77,17 @@ class GlobalPerceptronGate(nn.Module):
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.act = nn.ReLU()
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.mean((2, 3), keepdim=True)
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(x))))
+        b, c = x.shape[:2]
+        x = x.mean((2, 3))  # B, C
+        # the official 1x1 convs on the (B, C, 1, 1) average, as linear layers (oneDNN's convolution is slow on a
+        # 1x1 map: 12 ms for one 512 -> 128 gate at batch 8)
+        x = linear(x, self.fc1.weight.flatten(1), self.fc1.bias, self.act)
+        x = linear(x, self.fc2.weight.flatten(1), self.fc2.bias)
+        return torch.sigmoid(x).reshape(b, c, 1, 1)
 
 
 class RepMLPNetBlock(nn.Module):
@@ -120,7 +127,11 @@ class RepMLPNetBlock(nn.Module):
         s, h, w = self.num_sharesets, self.h, self.w
         parts = x.reshape(b, c, hp, h, wp, w).permute(0, 2, 4, 1, 3, 5)  # B, H/h, W/w, C, h, w
         parts = parts.reshape(-1, s, h, w)  # B*(H/h)*(W/w)*C/S, S, h, w: S consecutive channels per sample
-        out = self.fc3(parts.reshape(-1, s * h * w, 1, 1)).reshape(-1, s, h, w)  # B*parts*C/S, S, h, w
+        # fc3 (a grouped 1x1 conv on (N, S*h*w, 1, 1) in the official code) as S batched matrix products
+        hw = h * w
+        bias = None if self.fc3.bias is None else self.fc3.bias.reshape(s, hw)
+        out = grouped_linear(parts.reshape(-1, s, hw), self.fc3.weight.reshape(s, hw, hw), bias)
+        out = out.reshape(-1, s, h, w)  # B*parts*C/S, S, h, w
         out = self.fc3_bn(out)
         if not self.deploy:
             for k in self.local_kernels:
