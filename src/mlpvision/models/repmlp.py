@@ -67,6 +67,7 @@ from timm.models import build_model_with_cfg
 
 from .._checkpoint import CheckpointError
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
+from ..layers.fast_linear import grouped_linear
 from ._base import PyramidNet, check_input, model_name, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 from .repmlpnet import SequentialStage
@@ -208,7 +209,11 @@ class RepMLP(nn.Module):
             parts = parts + self.gp(x)  # the partition's global vector on each of its pixels
         parts = parts.permute(0, 2, 4, 1, 3, 5).reshape(-1, c, h, w)  # B*(H/h)*(W/w), C, h, w
         if self.fc3_kernel is None:
-            out = self.fc3(parts.reshape(-1, c * h * w, 1, 1)).reshape(-1, o * h * w)  # B*parts, O*h*w
+            # the grouped 1x1 conv on (B*parts, C*h*w, 1, 1) of the official code, as g batched matrix products
+            g = self.fc3.groups
+            weight = self.fc3.weight.reshape(g, o * h * w // g, c * h * w // g)
+            bias = None if self.fc3.bias is None else self.fc3.bias.reshape(g, -1)
+            out = grouped_linear(parts.reshape(-1, g, c * h * w // g), weight, bias).reshape(-1, o * h * w)
             out = self.fc3_bn(out).reshape(-1, o, h, w)  # B*parts, O, h, w
         else:
             out = self.fc3_bn(self.fc3(parts))  # B*parts, O, h, w
