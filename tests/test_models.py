@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import mlpvision
 from mlpvision.models._registry import model_meta
@@ -184,3 +185,29 @@ def test_fixed_size_model_rejects_other_sizes(name):
     c, h, w = model.pretrained_cfg['input_size']
     with pytest.raises(ValueError, match=rf'built for {h}x{w} input but got {h + 32}x{w}'):
         model(torch.randn(1, c, h + 32, w, device='meta'))
+
+
+@pytest.mark.parametrize('name, kw, size', [
+    ('as_mlp_tiny', dict(embed_dim=32, depths=(1, 2, 1, 1)), (64, 96)),
+    ('hire_mlp_tiny', dict(depths=(1, 2, 1, 1), embed_dims=(16, 32, 32, 64)), (70, 90)),  # regions padded
+])
+def test_channels_last_only_changes_the_storage(name, kw, size):
+    """channels_last=True (the default of these families) stores the maps channels-last and, in CPU inference, runs
+    the 1x1 convs through oneDNN with activations / residual sums fused: the same logits and features as NCHW
+    storage and, in training, the same gradients."""
+    ref = mlpvision.create_model(name, channels_last=False, drop_path_rate=0., **kw)
+    cl = mlpvision.create_model(name, drop_path_rate=0., **kw)
+    cl.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        y_ref, feats_ref = ref.eval().forward_intermediates(x)
+        y, feats = cl.eval().forward_intermediates(x)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+    assert all(f.is_contiguous() for f in feats_ref)
+    for a, b in zip([y, *feats], [y_ref, *feats_ref], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    target = torch.tensor([1, 2])
+    for m in (ref.train(), cl.train()):
+        F.cross_entropy(m(x), target).backward()
+    for (pname, a), b in zip(cl.named_parameters(), ref.parameters(), strict=True):
+        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, pname
