@@ -64,7 +64,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import unwrap_state_dict
 from ..layers.conv_bn import ConvBN
-from ..layers.fast_linear import conv1x1, conv_mlp_forward, pointwise_conv
+from ..layers.fast_linear import conv1x1, conv_mlp_forward, linear, pointwise_conv
 from ..layers.fusion import bn_scale_shift, fuse_conv_bn
 from ._base import PyramidNet, check_input, one_d_and_bias_params
 from ._registry import ModelMeta, generate_cfgs, register_model
@@ -298,9 +298,13 @@ class HireMLP(nn.Module):
         branches = [self.mlp_h(x), self.mlp_w(x)]
         if self.mlp_c is not None:
             branches.append(conv1x1(x, self.mlp_c))
-        a = sum(br.mean((2, 3), keepdim=True) for br in branches)  # B, C, 1, 1: the mean of the sum
-        # output channel c * n + k of the reweight MLP is branch k's logit for channel c
-        a = self.reweight(a).reshape(b, c, self.num_branches, 1, 1).softmax(dim=2)  # B, C, n, 1, 1
+        a = sum(br.mean((2, 3)) for br in branches)  # B, C: the mean of the sum
+        # the reweight MLP's 1x1 convs on this (B, C, 1, 1) vector, as linear layers (oneDNN's convolution is slow
+        # on 1x1 maps); output channel c * n + k is branch k's logit for channel c
+        rw = self.reweight
+        a = rw.drop1(linear(a, rw.fc1.weight.flatten(1), rw.fc1.bias, rw.act))
+        a = rw.drop2(linear(rw.norm(a), rw.fc2.weight.flatten(1), rw.fc2.bias))
+        a = a.reshape(b, c, self.num_branches, 1, 1).softmax(dim=2)  # B, C, n, 1, 1
         # under autocast the branches are bf16 / fp16 and the weights float32: weighting in the branches' dtype
         # (rounded as the projection's input will be) keeps the elementwise passes in one dtype
         # (and each branch's weights contiguous, so that the products run vectorised over the channels)
