@@ -1,4 +1,4 @@
-"""Linear layers through oneDNN for CPU inference (fp32, and bf16 autocast).
+"""Linear layers and 1x1 convolutions through oneDNN for CPU inference (fp32, and bf16 autocast).
 
 PyTorch runs an fp32 ``F.linear`` on CPU as a BLAS sgemm (MKL in the official wheels). PyTorch also ships oneDNN,
 whose matmul is what its bf16 path and inductor's CPU fusions use, and which can apply the activation in the same
@@ -17,8 +17,15 @@ ops). Two cases are covered:
   call, and the activation applied before the output is rounded to bf16 rather than after; the output is bf16
   either way. This keeps a bf16 copy of every weight it has seen (half the fp32 size).
 
-Everywhere else it is ``act(F.linear(x, weight, bias))``. ``set_onednn_linear(False)`` or the environment variable
-``MLPVISION_ONEDNN_LINEAR=0`` turns the path off (to compare, or on a machine where BLAS is faster).
+Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
+when there is no activation).
+
+The same rules apply to :func:`conv1x1` / :func:`pointwise_conv`, a 1x1 convolution on a channels-last map run as
+oneDNN's convolution with the activation or the residual sum fused (AS-MLP, Hire-MLP), and
+:func:`grouped_linear`, a grouped 1x1 convolution on a 1x1 map (RepMLP's FCs) run as batched matrix products.
+
+``set_onednn_linear(False)`` or the environment variable ``MLPVISION_ONEDNN_LINEAR=0`` turns the oneDNN paths off
+(to compare, or on a machine where BLAS is faster).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['linear', 'grouped_linear', 'conv1x1', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
-           'set_onednn_linear', 'onednn_linear_enabled']
+           'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
@@ -66,17 +73,17 @@ def _act_attr(act: nn.Module | None) -> tuple[str, str] | None:
     return None
 
 
-def _dispatch_mode_active() -> bool:
-    # a Python dispatch mode (FlopCounterMode in mlpvision.profile, FakeTensorMode, ...) sees only aten ops: give it
-    # the F.linear it knows how to count or trace
-    return torch._C._len_torch_dispatch_stack() > 0
+def dispatch_mode_active() -> bool:
+    """Whether a Python dispatch mode (``FlopCounterMode`` in :func:`mlpvision.profile`, ``FakeTensorMode``) is on:
+    such a mode sees only aten ops, so the fast paths give it the plain op it knows how to count or trace."""
+    return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
     """The dtype the oneDNN path computes in for this call (float32 or bfloat16), or None when it does not apply."""
     if not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
         return None
-    if torch.compiler.is_compiling() or _dispatch_mode_active():
+    if torch.compiler.is_compiling() or dispatch_mode_active():
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                     (bias is not None and bias.requires_grad)):

@@ -64,7 +64,7 @@ from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import unwrap_state_dict
 from ..layers.conv_bn import ConvBN
-from ..layers.fast_linear import conv1x1, conv_mlp_forward, linear, pointwise_conv
+from ..layers.fast_linear import conv1x1, conv_mlp_forward, dispatch_mode_active, linear, pointwise_conv
 from ..layers.fusion import bn_scale_shift, fuse_conv_bn
 from ._base import PyramidNet, check_input, one_d_and_bias_params
 from ._registry import ModelMeta, generate_cfgs, register_model
@@ -169,21 +169,32 @@ class RegionMlp(nn.Module):
                 f'step_pad_mode={self.step_pad_mode}, region_pad_mode={self.region_pad_mode}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_mean(x, want_mean=False)[0]
+
+    def forward_with_mean(self, x: torch.Tensor, want_mean: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output and, when asked for and cheap, its mean over H and W (B, C); else None.
+
+        The mean is cheap when no region padding is cropped off (the axis a multiple of ``p``): the output is then a
+        permutation of fc2's output, whose mean is fc2 applied to the mean of fc1's (8p times smaller) output. On the
+        channels-last path only; the split attention then reads the branch once instead of twice.
+        """
         p = self.region_size
         size = x.shape[self.dim]
         if self.step:
             x = shift(x, self.step, self.dim, self.step_pad_mode)
         x = pad_end(x, -size % p, self.dim, self.region_pad_mode)
         n = x.shape[self.dim] // p  # regions along the axis
+        mean = None
         if x.is_contiguous(memory_format=torch.channels_last):
-            x = self._mix_channels_last(x, n)
+            # (not while mlpvision.profile counts MACs: the papers count the split attention's plain mean)
+            x, mean = self._mix_channels_last(x, n, want_mean and size % p == 0 and not dispatch_mode_active())
         else:
             x = self._mix_nchw(x, n)
         x = x.narrow(self.dim, 0, size)  # B, C, H, W
         if self.step and self.step_pad_mode == 'circular':
             # official: only the roll is undone; the zero-filled shift is left in place
             x = torch.roll(x, -self.step, self.dim)  # B, C, H, W
-        return x
+        return x, mean
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.norm, nn.Identity):  # deploy form: the norm is folded into fc1
@@ -224,7 +235,7 @@ class RegionMlp(nn.Module):
         x = x.reshape(b, c, p, h, n).permute(0, 1, 3, 4, 2)  # B, C, H, W'/p, p
         return x.reshape(b, c, h, n * p)  # B, C, H, W'
 
-    def _mix_channels_last(self, x: torch.Tensor, n: int) -> torch.Tensor:
+    def _mix_channels_last(self, x: torch.Tensor, n: int, want_mean: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         # the same on the (B, H, W, C) storage of a channels-last map, with the region's rows in the outer place of
         # the stacked channels (channel i * C + c instead of c * p + i, the fc weights permuted to match): moving
         # whole C-vectors, the rearrangement along H is a copy of contiguous blocks and the one along W a view
@@ -241,12 +252,15 @@ class RegionMlp(nn.Module):
             x = pointwise_conv(x, w1, b1, self.act)
         else:
             x = self.act(self.norm(pointwise_conv(x, w1, b1)))
+        mean = None
+        if want_mean:  # fc2 is affine: the mean of its output is fc2 of the mean of its input
+            mean = F.linear(x.mean((2, 3)), w2.flatten(1), b2).reshape(b, p, c).mean(1)  # B, C
         x = pointwise_conv(x, w2, b2).permute(0, 2, 3, 1)  # B, H'/p, W, p*C or B, H, W'/p, p*C
         if self.dim == 2:
             x = x.reshape(b, n, w, p, c).transpose(2, 3).reshape(b, n * p, w, c)  # B, H', W, C
         else:
             x = x.reshape(b, h, n * p, c)  # B, H, W', C (a view)
-        return x.permute(0, 3, 1, 2)  # B, C, H', W'
+        return x.permute(0, 3, 1, 2), mean  # B, C, H', W'
 
     def _region_major_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """fc1's input and fc2's output channels reordered from ``c * p + i`` to ``i * C + c``. Kept between calls
@@ -295,10 +309,13 @@ class HireMLP(nn.Module):
             # every branch starts with a conv that autocast would feed this map in its lower precision: cast once
             # here, so that the shifts, paddings and rearrangements before it move half the bytes (copies: exact)
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        branches = [self.mlp_h(x), self.mlp_w(x)]
+        (h, mean_h), (w, mean_w) = self.mlp_h.forward_with_mean(x), self.mlp_w.forward_with_mean(x)
+        branches, means = [h, w], [mean_h, mean_w]
         if self.mlp_c is not None:
             branches.append(conv1x1(x, self.mlp_c))
-        a = sum(br.mean((2, 3)) for br in branches)  # B, C: the mean of the sum
+            means.append(None)
+        # the mean of the sum (B, C), from the region MLPs where they could give it cheaply
+        a = sum(br.mean((2, 3)) if m is None else m for br, m in zip(branches, means, strict=True))
         # the reweight MLP's 1x1 convs on this (B, C, 1, 1) vector, as linear layers (oneDNN's convolution is slow
         # on 1x1 maps); output channel c * n + k is branch k's logit for channel c
         rw = self.reweight
