@@ -262,10 +262,11 @@ class GRN(nn.Module):
             # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
             return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
         # reduced precision (autocast): autocast would copy x to float32 for the norm and return a float32 map that
-        # the next linear casts back. Instead: squares in x's dtype summed in float32 (relative error ~1e-4, far
-        # below bf16 resolution) and the output in x's dtype; 1.7x faster on a (8, 56, 56, 240) bf16 map
+        # the next linear casts back. Instead: squares summed in x's dtype (float accumulation inside the reduction;
+        # the squares and the sum rounded to bf16, a relative error of the norm within bf16's resolution) and the
+        # output in x's dtype, without a float32 copy of the map: Strip-MLP-T* bf16 1.3x faster (47.7 -> 62 img/s)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            gx = x.pow(2).sum((1, 2), keepdim=True, dtype=torch.float32).sqrt()  # B, 1, 1, C
+            gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             factor = 1 + self.gamma.float() * nx
             return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
