@@ -69,9 +69,10 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
 
 def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
     args = [*TINY, '--dtype', 'bf16', '--reparam', '--channels-last', '--no-train', '--batch-size', '2',
-            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--out', str(tmp_path)]
+            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--baseline', 'test_resnet', '--out', str(tmp_path)]
     assert main(['bench', *args]) == 0
-    (row,) = _read_csv(tmp_path / 'bench.csv')
+    row, baseline = _read_csv(tmp_path / 'bench.csv')
+    assert baseline['form'] == 'train'  # nothing to re-parameterise: not labelled a deploy form
     deployed = mlpvision.create_model('resmlp_s12', depth=1, embed_dim=32, img_size=32, deploy=True)
     assert row['form'] == 'deploy' and int(row['params']) == mlpvision.count_params(deployed)
     assert row['dtype'] == 'bf16' and row['channels_last'] == 'True' and row['batch_size'] == '2'
@@ -80,7 +81,7 @@ def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
     for k in NUMERIC:
         assert float(row[k]) >= 0, k
     _, cells = _md_rows((tmp_path / 'bench.md').read_text())
-    assert cells[0][0] == 'resmlp_s12 [deploy]'
+    assert [c[0] for c in cells] == ['resmlp_s12 [deploy]', 'test_resnet (timm)']
     _check_png(tmp_path / 'bench.png')
 
 

@@ -272,6 +272,9 @@ class _Bench:
         model = model.to(self.device, memory_format=fmt)
         self.train_model = model if s.train else None
         self.eval_model = model
+        # 'deploy' only where re-parameterising changes something (AS-MLP, Strip-MLP or a ResNet have no such form)
+        fusable = ('fuse', 'reparameterize', 'switch_to_deploy')
+        has_deploy_form = any(hasattr(m, a) for m in model.modules() for a in fusable)
         if s.reparam:
             # the training figures keep the training form: a copy is re-parameterised for inference
             base = copy.deepcopy(model) if s.train else model
@@ -280,7 +283,7 @@ class _Bench:
             else:
                 self.eval_model = timm.utils.reparameterize_model(base, inplace=True)
         self.eval_model.eval()
-        self.form = 'deploy' if s.reparam else 'train'
+        self.form = 'deploy' if s.reparam and has_deploy_form else 'train'
         prof = profile(self.eval_model, self.input_size)
         self.params, self.gmacs = prof.params, prof.gmacs
         if s.compile:
@@ -604,7 +607,7 @@ def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: st
     ax.set_xlabel(f'measured inference throughput (img/s, batch {settings.batch_size})')
     ax.set_ylabel('paper ImageNet-1k top-1 (%)')
     ax.set_title(f'{settings.device}, {settings.dtype}{", compiled" if settings.compile else ""}'
-                 f'{", deploy form" if settings.reparam else ""}', fontsize=9)
+                 f'{", deploy form where there is one" if settings.reparam else ""}', fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.12)  # room for the labels of the outermost points
     if families:

@@ -12,10 +12,14 @@ ops). Two cases are covered:
 
 * float32 without autocast: equal to ``act(F.linear(x, weight, bias))`` up to float rounding (another summation
   order);
-* bf16 autocast: the GEMM autocast would run (bf16 input, weight and bias, float accumulation), with a bf16 copy of
-  the weight and bias kept between calls (remade when the parameter changes in place) instead of a cast on every
-  call, and the activation applied before the output is rounded to bf16 rather than after; the output is bf16
-  either way. This keeps a bf16 copy of every weight it has seen (half the fp32 size).
+* bf16 autocast: the GEMM autocast would run (bf16 input, weight and bias, float accumulation), with the weight's
+  bf16 copy kept between calls instead of a cast on every call, and the activation applied before the output is
+  rounded to bf16 rather than after; the output is bf16 either way.
+
+In both cases the weight is kept between calls in oneDNN's blocked layout for the current input shape (remade when
+the parameter changes in place or is replaced, or the input shape changes), which saves the reorder oneDNN makes on
+every call otherwise (3% to 10% of a whole model at batch 8). This keeps one such copy of every weight the path has
+seen: the weight's size in float32, half in bf16; it goes when the parameter does.
 
 Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
 when there is no activation).
@@ -41,7 +45,8 @@ __all__ = ['linear', 'grouped_linear', 'conv1x1', 'pointwise_conv', 'mlp_forward
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
-_bf16_copies = WeakIdKeyDictionary()  # parameter -> (its _version when copied, bf16 copy)
+_bf16_copies = WeakIdKeyDictionary()  # parameter -> ((its _version, data_ptr) when copied, bf16 copy)
+_packed_weights = WeakIdKeyDictionary()  # weight (or the tensor it views) -> (key, packed copy)
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -107,9 +112,33 @@ def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
     if t.is_inference():  # no version counter to tell when it changes: cast every call
         return t.to(torch.bfloat16)
     entry = _bf16_copies.get(t)
-    if entry is None or entry[0] != t._version:
-        entry = (t._version, t.detach().to(torch.bfloat16))
+    key = (t._version, t.data_ptr())
+    if entry is None or entry[0] != key:
+        entry = (key, t.detach().to(torch.bfloat16))
         _bf16_copies[t] = entry
+    return entry[1]
+
+
+def _packed(weight: torch.Tensor, dtype: torch.dtype, kind: str, hint: tuple[int, ...]) -> torch.Tensor:
+    """``weight`` in ``dtype`` and in oneDNN's blocked layout for inputs described by ``hint`` (a linear's rows, a
+    conv's input shape), kept until the weight changes in place or another ``hint`` comes; for an inference tensor
+    (no version counter) cast only. Pre-packing saves the reorder oneDNN otherwise makes on every call: 5% to 25%
+    of a 1x1 conv or linear at batch 8 on the machine of docs/benchmarks.md. One packed copy per weight is kept."""
+    if weight.is_inference():
+        return weight.to(dtype)
+    # a view made on each call (``conv.weight.flatten(1)``) is keyed by the tensor it views, with its geometry
+    owner = weight if weight._base is None else weight._base
+    # the data pointer too: ``param.data = other`` replaces the values without a new version
+    key = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), dtype, kind, hint)
+    entry = _packed_weights.get(owner)
+    if entry is None or entry[0] != key:
+        w = weight.detach().to(dtype)
+        if kind == 'conv':
+            packed = torch.ops.mkldnn._reorder_convolution_weight(w, [0, 0], [1, 1], [1, 1], 1, list(hint))
+        else:
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, hint[0])
+        entry = (key, packed)
+        _packed_weights[owner] = entry
     return entry[1]
 
 
@@ -129,7 +158,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         y = y if act is None else act(y)
         return y if residual is None else residual + y
     if dtype == torch.bfloat16:
-        x, weight, bias = x.to(torch.bfloat16), _bf16(weight), _bf16(bias)
+        x, bias = x.to(torch.bfloat16), _bf16(bias)
+    weight = _packed(weight, dtype, 'linear', (x.numel() // x.shape[-1],))
     if residual is not None and act is None and residual.dtype == x.dtype and residual.is_contiguous():
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
     attr = _act_attr(act)
@@ -198,10 +228,12 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         y = F.conv2d(x, weight, bias)
         y = y if act is None else act(y)
         return y if residual is None else residual + y
+    out_chs = weight.shape[0]
     if dtype == torch.bfloat16:
-        x, weight, bias = x.to(torch.bfloat16), _bf16(weight), _bf16(bias)
+        x, bias = x.to(torch.bfloat16), _bf16(bias)
+    weight = _packed(weight, dtype, 'conv', tuple(x.shape))
     geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
-    if (residual is not None and act is None and residual.dtype == x.dtype and residual.shape[1] == weight.shape[0]
+    if (residual is not None and act is None and residual.dtype == x.dtype and residual.shape[1] == out_chs
             and residual.is_contiguous(memory_format=torch.channels_last)):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *geometry, 'add', None, None,
                                                                [], None)

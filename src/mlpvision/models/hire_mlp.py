@@ -53,6 +53,7 @@ also counts two flops per element of every eval-mode BatchNorm, which accounts f
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -128,6 +129,10 @@ def _conv1x1_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     return conv
 
 
+# RegionMlp -> (key, its fc weights reordered region-major): a cache outside the modules (not state, not copied)
+_REGION_MAJOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class RegionMlp(nn.Module):
     """Inner-region rearrangement along one axis, inside an optional cross-region shift.
 
@@ -162,7 +167,6 @@ class RegionMlp(nn.Module):
         self.norm = nn.Identity() if deploy else norm_layer(hidden)
         self.act = act_layer()
         self.fc2 = nn.Conv2d(hidden, channels * region_size, 1)
-        self._region_major = None  # cache of _region_major_weights (not state)
 
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, region_size={self.region_size}, step={self.step}, '
@@ -270,10 +274,12 @@ class RegionMlp(nn.Module):
                 torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)):
             return self._reorder(*params)
         key = tuple(None if t is None else (id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in params)
-        if self._region_major is None or self._region_major[0] != key:
-            with torch.no_grad():
-                self._region_major = (key, self._reorder(*params))
-        return self._region_major[1]
+        entry = _REGION_MAJOR.get(self)
+        if entry is None or entry[0] != key:
+            with torch.no_grad(), torch.inference_mode(False):  # plain tensors: fast_linear keeps their packed form
+                entry = (key, self._reorder(*params))
+            _REGION_MAJOR[self] = entry
+        return entry[1]
 
     def _reorder(self, w1, b1, w2, b2):
         p = self.region_size
