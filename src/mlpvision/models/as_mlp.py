@@ -37,7 +37,7 @@ Deviations from the official code:
   before the head;
 * the feature maps are stored channels-last after the stem (``channels_last=True``; same values): the 1x1 convs then
   run in CPU inference as oneDNN convolutions with the GELU or the residual sum fused
-  (:func:`mlpvision.layers.fast_linear.conv1x1`), 1.3x the official fp32 speed and 2.6x in bf16 (docs/benchmarks.md);
+  (:func:`mlpvision.layers.fast_linear.conv1x1`): 1.4x the official's fp32 speed, 2.8x in bf16 (docs/benchmarks.md);
   ``channels_last=False`` keeps NCHW storage and plain convs;
 * there is nothing to re-parameterise: ``deploy=True`` is accepted and builds the same model.
 """
