@@ -66,7 +66,7 @@ from timm.models._manipulate import checkpoint_seq
 from .._checkpoint import unwrap_state_dict
 from ..layers.conv_bn import ConvBN
 from ..layers.fast_linear import conv1x1, conv_mlp_forward, dispatch_mode_active, linear, pointwise_conv
-from ..layers.fusion import bn_scale_shift, fuse_conv_bn
+from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, check_input, one_d_and_bias_params
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -200,11 +200,6 @@ class RegionMlp(nn.Module):
             x = torch.roll(x, -self.step, self.dim)  # B, C, H, W
         return x, mean
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.norm, nn.Identity):  # deploy form: the norm is folded into fc1
-            return conv1x1(conv1x1(x, self.fc1, self.act), self.fc2)
-        return conv1x1(self.act(self.norm(conv1x1(x, self.fc1))), self.fc2)
-
     @torch.no_grad()
     def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         """Make fc1 absorb a per-channel affine map ``x * scale + shift`` applied to this module's input (C entries;
@@ -212,8 +207,9 @@ class RegionMlp(nn.Module):
         brings in copies of the input (circular, replicate), not zeros."""
         w = self.fc1.weight.flatten(1)  # hidden, C*p
         bias = self.fc1.bias if self.fc1.bias is not None else w.new_zeros(w.shape[0])
-        scale, shift = scale.repeat_interleave(self.region_size), shift.repeat_interleave(self.region_size)
-        self.fc1 = _conv1x1_from(w * scale[None, :], bias + w @ shift)
+        p = self.region_size
+        self.fc1 = _conv1x1_from(*fold_affine_into_next_linear(w, bias, scale.repeat_interleave(p),
+                                                               shift.repeat_interleave(p)))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -232,7 +228,7 @@ class RegionMlp(nn.Module):
         else:
             x = x.reshape(b, c, h, n, p).permute(0, 1, 4, 2, 3)  # B, C, p, H, W'/p
             x = x.reshape(b, c * p, h, n)  # B, C*p, H, W'/p
-        x = self._mlp(x)
+        x = self.fc2(self.act(self.norm(self.fc1(x))))  # the norm is an Identity in the deploy form
         if self.dim == 2:
             x = x.reshape(b, c, p, n, w).permute(0, 1, 3, 2, 4)  # B, C, H'/p, p, W
             return x.reshape(b, c, n * p, w)  # B, C, H', W
@@ -374,10 +370,9 @@ class HireBlock(nn.Module):
     def reparameterize(self) -> None:
         if isinstance(self.norm2, nn.Identity):
             return
-        scale, shift = bn_scale_shift(self.norm2)
         fc1 = self.mlp.fc1
-        w = fc1.weight.flatten(1)  # hidden, C
-        self.mlp.fc1 = _conv1x1_from(w * scale[None, :], fc1.bias + w @ shift)
+        self.mlp.fc1 = _conv1x1_from(*fold_affine_into_next_linear(fc1.weight.flatten(1), fc1.bias,
+                                                                   *bn_scale_shift(self.norm2)))
         self.norm2 = nn.Identity()
         if self._norm1_folds():
             scale, shift = bn_scale_shift(self.norm1)
@@ -385,8 +380,8 @@ class HireBlock(nn.Module):
             mixer.mlp_h.fold_input_affine(scale, shift)
             mixer.mlp_w.fold_input_affine(scale, shift)
             if mixer.mlp_c is not None:
-                w = mixer.mlp_c.weight.flatten(1)
-                mixer.mlp_c = _conv1x1_from(w * scale[None, :], mixer.mlp_c.bias + w @ shift)
+                c = mixer.mlp_c
+                mixer.mlp_c = _conv1x1_from(*fold_affine_into_next_linear(c.weight.flatten(1), c.bias, scale, shift))
             self.norm1 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
