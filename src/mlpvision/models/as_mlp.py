@@ -104,7 +104,7 @@ class AxialShiftMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The mixer's output, plus ``residual`` when given (summed inside the last conv where that is fused)."""
-        # conv1x1 runs a 1x1 conv as a oneDNN linear with the activation fused when the map is channels-last
+        # conv1x1: a oneDNN conv with the activation fused when the map is channels-last (CPU inference)
         x = self.act(self.norm1(conv1x1(x, self.conv1)))
         if self.connection == 'parallel':
             x = conv1x1(self.shift_w(x), self.conv2_1, self.act) + conv1x1(self.shift_h(x), self.conv2_2, self.act)
@@ -255,8 +255,8 @@ class ASMLP(PyramidNet):
             drop_rate: dropout after the stem and inside the block MLPs (the official placement).
             drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
             channels_last: store the feature maps channels-last after the stem (same values; the 1x1 convs then
-                run as linear layers over the channels, fused with their activation or residual sum in CPU
-                inference, :func:`mlpvision.layers.fast_linear.conv1x1`). Features come out channels-last.
+                run as oneDNN convolutions fused with their activation or residual sum in CPU inference,
+                :func:`mlpvision.layers.fast_linear.conv1x1`). Features come out channels-last.
             deploy: accepted for the common interface; AS-MLP has no re-parameterisable part.
         """
         super().__init__()
