@@ -18,7 +18,38 @@ from timm.layers import ClassifierHead
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-__all__ = ['PyramidNet', 'check_input', 'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
+from ..layers.fast_linear import conv_mlp_forward
+
+__all__ = ['PyramidNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input', 'to_2tuple_int', 'model_name',
+           'one_d_and_bias_params']
+
+
+class SequentialStage(nn.Module):
+    """``downsample`` then ``blocks`` (an nn.Sequential), with optional gradient checkpointing over the blocks."""
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def prenorm_residual_forward(block: nn.Module, mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + DP(mixer(norm1(x)))``, then ``x + DP(mlp(norm2(x)))`` for a block with ``norm1``, ``norm2``,
+    ``drop_path`` and a timm ``Mlp`` of 1x1 convs as ``mlp``; ``mixer`` accepts ``residual=``. Without stochastic
+    depth the residual sums go into the mixer's and the MLP's last convs (fused there on the channels-last CPU
+    inference path of :mod:`mlpvision.layers.fast_linear`)."""
+    if isinstance(block.drop_path, nn.Identity) or not block.training:
+        x = mixer(block.norm1(x), residual=x)
+        return conv_mlp_forward(block.mlp, block.norm2(x), residual=x)
+    x = x + block.drop_path(mixer(block.norm1(x)))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
 
 
 def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:

@@ -49,11 +49,10 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq
 
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
-from ..layers.fast_linear import conv1x1, conv_mlp_forward
-from ._base import PyramidNet, check_input, one_d_and_bias_params
+from ..layers.fast_linear import conv1x1
+from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['ASMLP', 'AxialShiftMLP', 'AxialShiftedBlock']
@@ -142,12 +141,7 @@ class AxialShiftedBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.drop_path, nn.Identity) or not self.training:
-            # the residual sums go into the last convs (fused there on the channels-last inference path)
-            x = self.axial_shift(self.norm1(x), residual=x)
-            return conv_mlp_forward(self.mlp, self.norm2(x), residual=x)
-        x = x + self.drop_path(self.axial_shift(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return prenorm_residual_forward(self, self.axial_shift, x)
 
 
 class PatchMerging(nn.Module):
@@ -175,7 +169,7 @@ class PatchMerging(nn.Module):
         return conv1x1(self.norm(x), self.reduction)
 
 
-class ASMLPStage(nn.Module):
+class ASMLPStage(SequentialStage):
     """Optional patch merging (every stage but the first), then ``depth`` blocks."""
 
     def __init__(
@@ -188,18 +182,10 @@ class ASMLPStage(nn.Module):
             norm_layer: type[nn.Module] = GroupNorm1,
             **block_kwargs,
     ) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = PatchMerging(dim, out_dim, norm_layer) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[
-            AxialShiftedBlock(out_dim, drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs)
-            for i in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        super().__init__(
+            [AxialShiftedBlock(out_dim, drop_path=drop_path[i], norm_layer=norm_layer, **block_kwargs)
+             for i in range(depth)],
+            PatchMerging(dim, out_dim, norm_layer) if downsample else None)
 
 
 class Stem(nn.Module):

@@ -61,13 +61,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import unwrap_state_dict
 from ..layers.conv_bn import ConvBN
-from ..layers.fast_linear import conv1x1, conv_mlp_forward, dispatch_mode_active, linear, pointwise_conv
+from ..layers.fast_linear import conv1x1, dispatch_mode_active, linear, pointwise_conv
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
-from ._base import PyramidNet, check_input, one_d_and_bias_params
+from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['HireMLPNet', 'HireBlock', 'HireMLP', 'RegionMlp']
@@ -385,15 +384,10 @@ class HireBlock(nn.Module):
             self.norm1 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.drop_path, nn.Identity) or not self.training:
-            # the residual sums go into the last convs (fused there on the channels-last inference path)
-            x = self.token_mixer(self.norm1(x), residual=x)
-            return conv_mlp_forward(self.mlp, self.norm2(x), residual=x)
-        x = x + self.drop_path(self.token_mixer(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return prenorm_residual_forward(self, self.token_mixer, x)
 
 
-class HireStage(nn.Module):
+class HireStage(SequentialStage):
     """Optional downsampling (conv 3x3 / 2 + BN + ReLU), then Hire blocks with the stage's step schedule."""
 
     def __init__(
@@ -413,20 +407,12 @@ class HireStage(nn.Module):
             drop_path: one rate per block.
             **block_kwargs: passed to every :class:`HireBlock`.
         """
-        super().__init__()
-        self.grad_checkpointing = False
         deploy = block_kwargs.get('deploy', False)
-        self.downsample = (ConvBN(in_dim, dim, 3, stride=2, padding=1, act_layer=nn.ReLU, bias=True, deploy=deploy)
-                           if downsample else nn.Identity())
-        self.blocks = nn.Sequential(*[
-            HireBlock(dim, step=(i % step_stride) * step_dilation, drop_path=drop_path[i], **block_kwargs)
-            for i in range(depth)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+        super().__init__(
+            [HireBlock(dim, step=(i % step_stride) * step_dilation, drop_path=drop_path[i], **block_kwargs)
+             for i in range(depth)],
+            ConvBN(in_dim, dim, 3, stride=2, padding=1, act_layer=nn.ReLU, bias=True, deploy=deploy)
+            if downsample else None)
 
 
 class HireMLPNet(PyramidNet):

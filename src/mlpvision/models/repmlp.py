@@ -68,9 +68,8 @@ from timm.models import build_model_with_cfg
 from .._checkpoint import CheckpointError
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ..layers.fast_linear import grouped_linear
-from ._base import PyramidNet, check_input, model_name, to_2tuple_int
+from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
-from .repmlpnet import SequentialStage
 
 __all__ = ['RepMLP', 'RepMLPResNet', 'RepMLPCifarNet', 'RepMLPLightBlock', 'RepMLPBottleneckBlock']
 

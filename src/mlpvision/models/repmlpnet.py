@@ -49,12 +49,11 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import CheckpointError
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
 from ..layers.fast_linear import grouped_linear, linear
-from ._base import PyramidNet, check_input, model_name, one_d_and_bias_params, to_2tuple_int
+from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
@@ -210,22 +209,6 @@ class RepMLPNetUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.repmlp(self.norm1(x)))
         return x + self.drop_path(self.ffn(self.norm2(x)))
-
-
-class SequentialStage(nn.Module):
-    """``downsample`` then ``blocks`` (an nn.Sequential), with optional gradient checkpointing over the blocks."""
-
-    def __init__(self, blocks: list[nn.Module], downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = downsample if downsample is not None else nn.Identity()
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
 
 
 class RepMLPNet(PyramidNet):
