@@ -1,4 +1,6 @@
 # One-command set-up on a fresh machine: every target creates .venv and installs mlpvision with its dev extras.
+# --no-cache-dir: the registry's torch brings several GB of CUDA wheels (the venv is ~6 GB); pip's cache would keep a
+# second, compressed copy of them, and a CI run once failed on a nearly full disk while installing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,8 +10,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-cache-dir --upgrade pip
+	$(PY) -m pip install --quiet --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
