@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 from mlpvision.layers import fast_linear
-from mlpvision.layers.fast_linear import conv1x1, conv_mlp_forward, linear, mlp_forward, set_onednn_linear
+from mlpvision.layers.conv_bn import ConvBN
+from mlpvision.layers.fast_linear import (
+    conv1x1,
+    conv_act,
+    conv_mlp_forward,
+    linear,
+    mlp_forward,
+    set_onednn_linear,
+)
 
 TOL = 1e-5  # relative to the largest output: float32 rounding of a different summation order
 
@@ -165,6 +173,70 @@ def test_conv1x1_onednn_path_is_taken_only_where_it_applies(monkeypatch):
     with torch.no_grad():
         assert torch.equal(conv1x1(x, strided), strided(x))
 
+
+@pytest.mark.parametrize('geometry', [
+    dict(kernel_size=7, stride=4, padding=2),  # Hire-MLP's stem
+    dict(kernel_size=3, stride=2, padding=1),  # its downsamplings
+    dict(kernel_size=3, padding=2, dilation=2, groups=4),
+    dict(kernel_size=(1, 3), padding=(0, 1), bias=False),
+])
+@pytest.mark.parametrize('act', [None, nn.ReLU(), nn.GELU(), nn.SiLU()])
+def test_conv_act_matches_the_conv(geometry, act):
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN ops')
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(8, 16, **geometry)
+    x = torch.randn(2, 8, 23, 30, generator=g)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = _conv_ref(conv, x, act, None)
+        assert torch.equal(conv_act(x, conv, act), ref)  # NCHW storage: the module itself
+        y = conv_act(cl, conv, act)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, ref)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y16, ref16 = conv_act(cl, conv, act), _conv_ref(conv, cl, act, None)
+    assert y16.dtype == ref16.dtype == torch.bfloat16
+    # bf16 inputs and weights either way; the activation applied before rounding (fused) or after
+    assert (y16.float() - ref.float()).abs().max().item() <= 2 ** -6 * ref.abs().max().item()
+
+
+def test_conv_act_path_and_conv_bn(monkeypatch):
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN ops')
+    block = ConvBN(8, 16, 3, stride=2, padding=1, act_layer=nn.ReLU, bias=True, deploy=True).eval()
+    calls = []
+    monkeypatch.setattr(block.conv, 'forward', lambda x: calls.append(1) or F.conv2d(x, block.conv.weight,
+                                                                                      block.conv.bias, 2, 1))
+    x = torch.randn(1, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        y = block(x)
+    assert calls == []
+    _close(y, F.relu(F.conv2d(x, block.conv.weight, block.conv.bias, 2, 1)))
+    assert block(x).requires_grad and calls == [1]  # autograd: the module
+    reflect = nn.Conv2d(8, 16, 3, padding=1, padding_mode='reflect')
+    with torch.no_grad():
+        assert torch.equal(conv_act(x, reflect), reflect(x))  # not zero padding: the module
+
+
+def test_packed_weights_kept_per_dtype(monkeypatch):
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN ops')
+    conv = nn.Conv2d(8, 16, 1)
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    packs = []
+    reorder = torch.ops.mkldnn._reorder_convolution_weight
+    monkeypatch.setattr(fast_linear.torch.ops.mkldnn, '_reorder_convolution_weight',
+                        lambda w, *a: packs.append(w.dtype) or reorder(w, *a), raising=False)
+    with torch.no_grad():
+        for _ in range(3):  # float32 and bf16 runs of one model alternate, as in a benchmark: packed once each
+            conv1x1(x, conv)
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                conv1x1(x, conv)
+        assert packs == [torch.float32, torch.bfloat16]
+        conv.weight.mul_(2)  # in place: remade
+        _close(conv1x1(x, conv), conv(x))
+    assert packs == [torch.float32, torch.bfloat16, torch.float32]
 
 def test_conv_mlp_forward():
     mlp = Mlp(16, 32, act_layer=nn.GELU, use_conv=True).eval()

@@ -19,7 +19,7 @@ ops). Two cases are covered:
 In both cases the weight is kept between calls in oneDNN's blocked layout for the current input shape (remade when
 the parameter changes in place or is replaced, or the input shape changes), which saves the reorder oneDNN makes on
 every call otherwise (3% to 10% of a whole model at batch 8). This keeps one such copy of every weight the path has
-seen: the weight's size in float32, half in bf16; it goes when the parameter does.
+seen per dtype it ran in: the weight's size in float32, half in bf16; it goes when the parameter does.
 
 Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
 when there is no activation).
@@ -40,13 +40,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ['linear', 'grouped_linear', 'conv1x1', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
+__all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
            'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
 _bf16_copies = WeakIdKeyDictionary()  # parameter -> ((its _version, data_ptr) when copied, bf16 copy)
-_packed_weights = WeakIdKeyDictionary()  # weight (or the tensor it views) -> (key, packed copy)
+_packed_weights = WeakIdKeyDictionary()  # weight (or the tensor it views) -> {dtype: (key, packed copy)}
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -119,26 +119,31 @@ def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
     return entry[1]
 
 
-def _packed(weight: torch.Tensor, dtype: torch.dtype, kind: str, hint: tuple[int, ...]) -> torch.Tensor:
+def _packed(weight: torch.Tensor, dtype: torch.dtype, kind: str, hint: tuple) -> torch.Tensor:
     """``weight`` in ``dtype`` and in oneDNN's blocked layout for inputs described by ``hint`` (a linear's rows, a
-    conv's input shape), kept until the weight changes in place or another ``hint`` comes; for an inference tensor
-    (no version counter) cast only. Pre-packing saves the reorder oneDNN otherwise makes on every call: 5% to 25%
-    of a 1x1 conv or linear at batch 8 on the machine of docs/benchmarks.md. One packed copy per weight is kept."""
+    conv's input shape and geometry), kept until the weight changes in place or another ``hint`` comes; for an
+    inference tensor (no version counter) cast only. Pre-packing saves the reorder oneDNN otherwise makes on every
+    call: 5% to 25% of a 1x1 conv or linear at batch 8 on the machine of docs/benchmarks.md. One packed copy per
+    weight and dtype is kept (float32 and bf16 runs of one model, as in a benchmark, do not evict each other)."""
     if weight.is_inference():
         return weight.to(dtype)
     # a view made on each call (``conv.weight.flatten(1)``) is keyed by the tensor it views, with its geometry
     owner = weight if weight._base is None else weight._base
     # the data pointer too: ``param.data = other`` replaces the values without a new version
-    key = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), dtype, kind, hint)
-    entry = _packed_weights.get(owner)
+    key = (weight._version, weight.data_ptr(), tuple(weight.shape), weight.stride(), kind, hint)
+    entries = _packed_weights.get(owner)
+    if entries is None:
+        entries = _packed_weights[owner] = {}
+    entry = entries.get(dtype)
     if entry is None or entry[0] != key:
         w = weight.detach().to(dtype)
-        if kind == 'conv':
-            packed = torch.ops.mkldnn._reorder_convolution_weight(w, [0, 0], [1, 1], [1, 1], 1, list(hint))
+        if kind == 'conv':  # hint: input shape, then padding, stride, dilation, groups
+            shape, padding, stride, dilation, groups = hint
+            packed = torch.ops.mkldnn._reorder_convolution_weight(w, list(padding), list(stride), list(dilation),
+                                                                  groups, list(shape))
         else:
             packed = torch.ops.mkldnn._reorder_linear_weight(w, hint[0])
-        entry = (key, packed)
-        _packed_weights[owner] = entry
+        entry = entries[dtype] = (key, packed)
     return entry[1]
 
 
@@ -193,6 +198,25 @@ def _is_pointwise_conv(conv: nn.Module) -> bool:
             conv.padding in ((0, 0), 'valid') and conv.dilation == (1, 1) and conv.groups == 1)
 
 
+def _geometry(conv: nn.Module) -> tuple | None:
+    """(padding, stride, dilation, groups) of a plain zero-padded ``nn.Conv2d`` with numeric padding, else None."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return None
+    return tuple(conv.padding), tuple(conv.stride), tuple(conv.dilation), conv.groups
+
+
+def conv_act(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None) -> torch.Tensor:
+    """``act(conv(x))`` for any zero-padded ``nn.Conv2d`` (the stems and downsamplings, 3x3 or 7x7, strided) on
+    (B, C, H, W): on a channels-last map where the oneDNN path applies, oneDNN's convolution with the weight kept in
+    its blocked layout (and in bf16 under autocast: no cast and reorder on every call) and ReLU / GELU fused; the
+    result is stored channels-last. Otherwise ``act(conv(x))``."""
+    geometry = _geometry(conv)
+    if geometry is None or _conv_dtype(x, conv.weight, conv.bias, None) is None:
+        y = conv(x)
+        return y if act is None else act(y)
+    return _onednn_conv(x, conv.weight, conv.bias, geometry, act, None)
+
+
 def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
             residual: torch.Tensor | None = None) -> torch.Tensor:
     """``act(conv(x)) + residual`` for a 1x1 ``nn.Conv2d`` (stride 1, no padding, one group) on (B, C, H, W).
@@ -223,16 +247,22 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                    act: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`conv1x1` with the kernel (C_out, C_in, 1, 1) and bias given as tensors:
     ``act(F.conv2d(x, weight, bias)) + residual``."""
-    dtype = _conv_dtype(x, weight, bias, residual)
-    if dtype is None:
+    if _conv_dtype(x, weight, bias, residual) is None:
         y = F.conv2d(x, weight, bias)
         y = y if act is None else act(y)
         return y if residual is None else residual + y
+    return _onednn_conv(x, weight, bias, ((0, 0), (1, 1), (1, 1), 1), act, residual)
+
+
+def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: tuple,
+                 act: nn.Module | None, residual: torch.Tensor | None) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias, *geometry)) + residual`` through oneDNN (where ``_conv_dtype`` said so)."""
+    dtype = _conv_dtype(x, weight, bias, residual)
     out_chs = weight.shape[0]
     if dtype == torch.bfloat16:
         x, bias = x.to(torch.bfloat16), _bf16(bias)
-    weight = _packed(weight, dtype, 'conv', tuple(x.shape))
-    geometry = ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+    weight = _packed(weight, dtype, 'conv', (tuple(x.shape), *geometry))
+    geometry = tuple(list(g) if isinstance(g, tuple) else g for g in geometry)  # the op takes lists
     if (residual is not None and act is None and residual.dtype == x.dtype and residual.shape[1] == out_chs
             and residual.is_contiguous(memory_format=torch.channels_last)):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *geometry, 'add', None, None,
