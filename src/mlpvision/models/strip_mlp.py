@@ -257,7 +257,9 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype not in (torch.bfloat16, torch.float16):
-            gx = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # B, 1, 1, C
+            # the L2 norm over H and W as the square root of a sum of squares (what the official torch.norm
+            # computes): torch's vector_norm over non-innermost dims is 4x to 47x slower on CPU (docs/benchmarks.md)
+            gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
             return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
