@@ -120,6 +120,15 @@ def shift(x: torch.Tensor, step: int, dim: int, mode: str) -> torch.Tensor:
     return x.narrow(dim, 0, size)  # B, C, H, W
 
 
+def _mean_hw(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a (B, C, H, W) map over H and W, (B, C). For bf16 a bf16 sum (float accumulation inside) divided
+    by H * W: torch's bf16 mean first copies the map to float32 (4x slower on an (8, 64, 56, 56) channels-last map,
+    162 vs 38 us); the result is rounded twice instead of once (a relative error within 2 ** -8)."""
+    if x.dtype == torch.bfloat16:
+        return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+    return x.mean((2, 3))
+
+
 def _conv1x1_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A biased 1x1 conv holding ``weight`` (out, in) and ``bias``."""
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
@@ -253,7 +262,7 @@ class RegionMlp(nn.Module):
             x = self.act(self.norm(pointwise_conv(x, w1, b1)))
         mean = None
         if want_mean:  # fc2 is affine: the mean of its output is fc2 of the mean of its input
-            mean = F.linear(x.mean((2, 3)), w2.flatten(1), b2).reshape(b, p, c).mean(1)  # B, C
+            mean = F.linear(_mean_hw(x), w2.flatten(1), b2).reshape(b, p, c).mean(1)  # B, C
         x = pointwise_conv(x, w2, b2).permute(0, 2, 3, 1)  # B, H'/p, W, p*C or B, H, W'/p, p*C
         if self.dim == 2:
             x = x.reshape(b, n, w, p, c).transpose(2, 3).reshape(b, n * p, w, c)  # B, H', W, C
@@ -316,7 +325,7 @@ class HireMLP(nn.Module):
             branches.append(conv1x1(x, self.mlp_c))
             means.append(None)
         # the mean of the sum (B, C), from the region MLPs where they could give it cheaply
-        a = sum(br.mean((2, 3)) if m is None else m for br, m in zip(branches, means, strict=True))
+        a = sum(_mean_hw(br) if m is None else m for br, m in zip(branches, means, strict=True))
         # the reweight MLP's 1x1 convs on this (B, C, 1, 1) vector, as linear layers (oneDNN's convolution is slow
         # on 1x1 maps); output channel c * n + k is branch k's logit for channel c
         rw = self.reweight
