@@ -40,9 +40,8 @@ class ConvBN(nn.Module):
         return not isinstance(self.bn, nn.BatchNorm2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deploy and isinstance(self.act, (nn.Identity, nn.ReLU, nn.GELU)):
-            # one conv: through oneDNN with the activation fused on a channels-last map in CPU inference
-            return conv_act(x, self.conv, None if isinstance(self.act, nn.Identity) else self.act)
+        if self.deploy:  # one conv: through oneDNN with ReLU / GELU fused on a channels-last map in CPU inference
+            return conv_act(x, self.conv, self.act)
         return self.act(self.bn(self.conv(x)))
 
     def fused_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:

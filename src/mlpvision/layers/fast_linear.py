@@ -208,13 +208,14 @@ def _geometry(conv: nn.Module) -> tuple | None:
 def conv_act(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None) -> torch.Tensor:
     """``act(conv(x))`` for any zero-padded ``nn.Conv2d`` (the stems and downsamplings, 3x3 or 7x7, strided) on
     (B, C, H, W): on a channels-last map where the oneDNN path applies, oneDNN's convolution with the weight kept in
-    its blocked layout (and in bf16 under autocast: no cast and reorder on every call) and ReLU / GELU fused; the
-    result is stored channels-last. Otherwise ``act(conv(x))``."""
+    its blocked layout (and in bf16 under autocast: no cast and reorder on every call) and ReLU / GELU fused (other
+    activations run after it); the result is stored channels-last. Otherwise ``act(conv(x))``."""
     geometry = _geometry(conv)
-    if geometry is None or _conv_dtype(x, conv.weight, conv.bias, None) is None:
+    dtype = None if geometry is None else _conv_dtype(x, conv.weight, conv.bias, None)
+    if dtype is None:
         y = conv(x)
         return y if act is None else act(y)
-    return _onednn_conv(x, conv.weight, conv.bias, geometry, act, None)
+    return _onednn_conv(x, conv.weight, conv.bias, dtype, geometry, act, None)
 
 
 def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
@@ -247,17 +248,17 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                    act: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`conv1x1` with the kernel (C_out, C_in, 1, 1) and bias given as tensors:
     ``act(F.conv2d(x, weight, bias)) + residual``."""
-    if _conv_dtype(x, weight, bias, residual) is None:
+    dtype = _conv_dtype(x, weight, bias, residual)
+    if dtype is None:
         y = F.conv2d(x, weight, bias)
         y = y if act is None else act(y)
         return y if residual is None else residual + y
-    return _onednn_conv(x, weight, bias, ((0, 0), (1, 1), (1, 1), 1), act, residual)
+    return _onednn_conv(x, weight, bias, dtype, ((0, 0), (1, 1), (1, 1), 1), act, residual)
 
 
-def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: tuple,
-                 act: nn.Module | None, residual: torch.Tensor | None) -> torch.Tensor:
-    """``act(conv2d(x, weight, bias, *geometry)) + residual`` through oneDNN (where ``_conv_dtype`` said so)."""
-    dtype = _conv_dtype(x, weight, bias, residual)
+def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                 geometry: tuple, act: nn.Module | None, residual: torch.Tensor | None) -> torch.Tensor:
+    """``act(conv2d(x, weight, bias, *geometry)) + residual`` through oneDNN in ``dtype`` (from ``_conv_dtype``)."""
     out_chs = weight.shape[0]
     if dtype == torch.bfloat16:
         x, bias = x.to(torch.bfloat16), _bf16(bias)
