@@ -25,7 +25,8 @@ Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also ad
 when there is no activation).
 
 The same rules apply to :func:`conv1x1` / :func:`pointwise_conv`, a 1x1 convolution on a channels-last map run as
-oneDNN's convolution with the activation or the residual sum fused (AS-MLP, Hire-MLP), and
+oneDNN's convolution with the activation or the residual sum fused (AS-MLP, Hire-MLP), to :func:`conv_act`, any
+zero-padded convolution on a channels-last map with the activation fused (Hire-MLP's stem and downsamplings), and
 :func:`grouped_linear`, a grouped 1x1 convolution on a 1x1 map (RepMLP's FCs) run as batched matrix products.
 
 ``set_onednn_linear(False)`` or the environment variable ``MLPVISION_ONEDNN_LINEAR=0`` turns the oneDNN paths off
@@ -228,8 +229,9 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
     to 2x faster than the conv followed by a separate activation; oneDNN's inner product was slower than its
     convolution for these shapes.) Otherwise it is ``act(conv(x)) + residual``.
     """
-    if _is_pointwise_conv(conv) and _conv_dtype(x, conv.weight, conv.bias, residual) is not None:
-        return pointwise_conv(x, conv.weight, conv.bias, act, residual)
+    dtype = _conv_dtype(x, conv.weight, conv.bias, residual) if _is_pointwise_conv(conv) else None
+    if dtype is not None:
+        return _onednn_conv(x, conv.weight, conv.bias, dtype, ((0, 0), (1, 1), (1, 1), 1), act, residual)
     y = conv(x)  # the module, with its hooks
     y = y if act is None else act(y)
     return y if residual is None else residual + y
