@@ -124,3 +124,16 @@ def test_helpers():
         ('resmlp_s12', 'mlpvision'), ('resmlp_s24', 'mlpvision'), ('resnet18', 'timm')]
     assert _percentile([1.0, 2.0, 3.0, 4.0, 5.0], 90) == pytest.approx(4.6)
     assert _percentile([7.0], 50) == 7.0
+
+
+def test_environment_reports_gemm_peaks_and_library_versions():
+    from mlpvision.bench import environment, gemm_peaks
+    peaks = gemm_peaks(threads=1, size=64, repeats=1)
+    assert set(peaks) == {'gemm_fp32_mm', 'gemm_fp32_layers', 'gemm_bf16_layers'}
+    assert all(v > 0 for v in peaks.values())
+    env = environment(BenchSettings(threads=1))
+    assert 'G MAC/s fp32' in env['gemm_peaks'] and 'bf16' in env['gemm_peaks']
+    assert env['torch'] == torch.__version__
+    if torch.backends.mkldnn.is_available():
+        assert env['onednn'][0].isdigit()
+    assert 'gemm_peaks' not in environment(BenchSettings(threads=1, gemm_peaks=False))

@@ -31,10 +31,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import logging
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['BenchSettings', 'BenchResult', 'run_bench', 'resolve_models', 'environment', 'write_csv',
+__all__ = ['BenchSettings', 'BenchResult', 'run_bench', 'resolve_models', 'environment', 'gemm_peaks', 'write_csv',
            'format_markdown', 'describe_settings', 'write_plot', 'write_outputs', 'DTYPES', 'MEMORY_METHOD']
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -86,6 +88,8 @@ class BenchSettings:
         latency / train / memory: whether to measure batch-1 latency, training throughput, peak memory.
         model_kwargs: extra constructor kwargs for the mlpvision models (not the baselines); paper figures are left
             out when given, since they no longer describe the model.
+        gemm_peaks: measure the host's GEMM peaks (:func:`gemm_peaks`, about a second, once per process and thread
+            count) and report them with the figures (CPU runs).
     """
     device: str = 'cpu'
     dtype: str = 'fp32'
@@ -105,6 +109,7 @@ class BenchSettings:
     train: bool = True
     memory: bool = True
     model_kwargs: dict = field(default_factory=dict)
+    gemm_peaks: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -498,8 +503,68 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _library_versions() -> dict[str, str]:
+    """The oneDNN and BLAS builds inside torch (their kernels, not torch's version, decide most CPU timings)."""
+    config = torch.__config__.show()
+    out = {}
+    onednn = re.search(r'(?:Intel\(R\) )?MKL-DNN v([\d.]+)', config) or re.search(r'oneDNN v([\d.]+)', config)
+    if onednn:
+        out['onednn'] = onednn.group(1)
+    mkl = re.search(r'Intel\(R\) (?:oneAPI )?Math Kernel Library Version ([\d.]+)', config)
+    if mkl:
+        out['mkl'] = mkl.group(1)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _gemm_peaks_cached(threads: int) -> tuple[tuple[str, float], ...]:
+    return tuple(gemm_peaks(threads).items())
+
+
+def gemm_peaks(threads: int | None = None, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """The host's GEMM throughput in G MAC/s: a (size x size) @ (size x size) product, best of ``repeats``.
+
+    Measured through the paths mlpvision's layers take on the CPU (:func:`mlpvision.layers.fast_linear.linear`:
+    oneDNN in fp32 and under bf16 autocast where available) and through ``torch.mm`` (MKL's sgemm in fp32), so a
+    model's throughput can be judged against what the host's cores can do (figures of one host do not carry to
+    another of the same kind: issue 18 measured 2-3x apart).
+    """
+    from .layers.fast_linear import linear
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=gen)
+        w = torch.randn(size, size, generator=gen)
+        macs = size ** 3
+
+        def best(fn: Callable[[], object]) -> float:
+            for _ in range(2):
+                fn()
+            t = min(_time_once(fn) for _ in range(repeats))
+            return macs / t / 1e9
+
+        with torch.inference_mode():
+            peaks = {'gemm_fp32_mm': best(lambda: torch.mm(a, w)),
+                     'gemm_fp32_layers': best(lambda: linear(a, w))}
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                peaks['gemm_bf16_layers'] = best(lambda: linear(a, w))
+        return peaks
+    finally:
+        torch.set_num_threads(old)
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def environment(settings: BenchSettings) -> dict[str, str]:
-    """What the figures depend on besides the models: versions, hardware, threads, load."""
+    """What the figures depend on besides the models: versions (torch, oneDNN, MKL), hardware, the host's GEMM
+    peaks (:func:`gemm_peaks`, CPU runs), threads, load."""
     import timm
 
     from . import __version__
@@ -507,6 +572,7 @@ def environment(settings: BenchSettings) -> dict[str, str]:
     env = {
         'date': time.strftime('%Y-%m-%d %H:%M:%S %z'),
         'mlpvision': __version__, 'torch': torch.__version__, 'timm': timm.__version__,
+        **_library_versions(),
         'python': platform.python_version(), 'platform': platform.platform(),
         'cpu': f'{_cpu_name()}, {os.cpu_count()} logical CPUs',
         'threads': str(torch.get_num_threads()),
@@ -514,6 +580,11 @@ def environment(settings: BenchSettings) -> dict[str, str]:
     }
     if device.type == 'cuda':
         env['gpu'] = torch.cuda.get_device_name(device)
+    elif settings.gemm_peaks:
+        peaks = dict(_gemm_peaks_cached(torch.get_num_threads()))
+        env['gemm_peaks'] = (f"{peaks['gemm_fp32_layers']:.0f} G MAC/s fp32 and {peaks['gemm_bf16_layers']:.0f} G "
+                             f"MAC/s bf16 through mlpvision's layers (oneDNN), {peaks['gemm_fp32_mm']:.0f} G MAC/s "
+                             f"fp32 torch.mm; 2048^3 GEMM, {env['threads']} threads, best of 5")
     env['memory_method'] = MEMORY_METHOD[device.type]
     return env
 
