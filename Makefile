@@ -27,7 +27,7 @@ test-inductor: $(STAMP)
 	$(PY) -m pytest -q -m inductor
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
