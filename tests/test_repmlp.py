@@ -1,5 +1,6 @@
 """RepMLP family: the first paper's RepMLP block, RepMLP-ResNet-50 and pure-MLP CIFAR model (models/repmlp.py), and
 RepMLPNet (models/repmlpnet.py). Official-output parity in both forms is in test_parity.py."""
+import json
 import re
 
 import pytest
@@ -15,7 +16,7 @@ from mlpvision.models.repmlp import RepMLP, RepMLPResNet
 from mlpvision.models.repmlpnet import RepMLPNet, RepMLPNetBlock
 from test_models import _randomise_norm_stats
 
-from conftest import parity_record
+from conftest import FIXTURES, parity_record
 from fill import fill_state_dict, make_input
 
 F64 = dict(rtol=1e-9, atol=1e-10)
@@ -216,6 +217,77 @@ def test_repmlpnet_runs_at_integer_multiples_of_the_native_size():
     x = torch.randn(1, 3, 128, 64, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(mlpvision.reparameterize(small)(x), small(x), **F64)
+
+
+# the official RepMLPNet-T224 at 448x224 and 224x448 (two partitions per map), train and deploy form; recipe inside
+MULTI_PARTITION = json.loads((FIXTURES / 'repmlpnet' / 'repmlpnet_t224_multi_partition.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def official_t224_checkpoint(tmp_path_factory):
+    """The parity fixture's official-format T224 weights, saved as the official training scripts do."""
+    path = tmp_path_factory.mktemp('repmlpnet') / 'official.pth'
+    torch.save({'model': fill_state_dict(parity_record('repmlpnet_t224')['schema'])}, path)
+    return path
+
+
+def _max_rel_err(model: nn.Module, case: dict, key: str) -> float:
+    with torch.no_grad():
+        y = model.eval()(make_input(**case['input']))
+    ref = torch.tensor(case[key])
+    return ((y - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_repmlpnet_official_partition_order_reproduces_the_official_code_at_larger_inputs(official_t224_checkpoint):
+    assert MULTI_PARTITION['official'] == repmlpnet._OFFICIAL
+    model = mlpvision.create_model('repmlpnet_t224', official_partition_order=True,
+                                   checkpoint_path=official_t224_checkpoint)
+    blocks = [u.repmlp for s in model.stages for u in s.blocks]
+    assert all(b.official_partition_order for b in blocks)  # create_model's kwarg reaches every block
+    deployed = mlpvision.reparameterize(model)  # the deploy form's biased fc3 in the official order
+    direct = mlpvision.create_model('repmlpnet_t224', deploy=True, official_partition_order=True)
+    direct.load_state_dict(deployed.state_dict(), strict=True)
+    default = mlpvision.create_model('repmlpnet_t224', checkpoint_path=official_t224_checkpoint)
+    for case in MULTI_PARTITION['cases']:
+        assert _max_rel_err(model, case, 'logits') <= 1e-4, case['name']
+        assert _max_rel_err(deployed, case, 'deploy_logits') <= 1e-4, case['name']
+        assert _max_rel_err(direct, case, 'deploy_logits') <= 1e-4, case['name']
+        # the fixture tells the orders apart: ours is 0.05 (about 12% of the largest logit) away from it
+        assert _max_rel_err(default, case, 'logits') > 0.05, case['name']
+
+
+@torch.no_grad()
+def test_repmlpnet_identical_halves_give_identical_halves_only_in_our_partition_order(official_t224_checkpoint):
+    """Two identical 224x224 halves stacked to 448x224: with one FC per partition (the default) the first RepMLP
+    block's output on each half is its 224x224 output, and so are the logits; the official order mixes the halves'
+    channel groups, so it has neither property."""
+    x = make_input(0, [1, 3, 224, 224])
+    stacked = torch.cat([x, x], 2)  # 1, 3, 448, 224
+    for official_order in (False, True):
+        model = mlpvision.create_model('repmlpnet_t224', official_partition_order=official_order,
+                                       checkpoint_path=official_t224_checkpoint).eval()
+        unit = model.stages[0].blocks[0]
+        ref = unit.repmlp(unit.norm1(model.stem(x)))  # 1, 64, 56, 56: a single partition, both orders agree
+        out = unit.repmlp(unit.norm1(model.stem(stacked)))  # 1, 64, 112, 56: two partitions
+        half_err = max((out[..., :56, :] - ref).abs().max(), (out[..., 56:, :] - ref).abs().max()).item()
+        logit_err = (model(stacked) - model(x)).abs().max().item()
+        if official_order:
+            assert half_err > 0.1 and logit_err > 0.01  # measured 0.41 (largest output 0.73) and 0.052
+        else:
+            assert half_err <= 1e-5 and logit_err <= 1e-5
+
+
+def test_repmlpnet_official_partition_order_changes_nothing_at_the_native_size_and_stays_exact_in_deploy():
+    torch.manual_seed(0)
+    ours = _perturb(_small_repmlpnet())
+    official = _perturb(_small_repmlpnet(official_partition_order=True))
+    official.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    large = torch.randn(1, 3, 128, 192, dtype=torch.float64)  # 2 x 3 partitions per map
+    with torch.no_grad():
+        torch.testing.assert_close(official(x), ours(x), rtol=0, atol=0)
+        assert (official(large) - ours(large)).abs().max() > 1e-3
+        torch.testing.assert_close(mlpvision.reparameterize(official)(large), official(large), **F64)
 
 
 def test_repmlpnet_deploy_keeps_the_ffn_and_pre_norms():
