@@ -49,8 +49,8 @@ Deviations from the official code:
   official order (tested against the official T224 logits at 448x224 and 224x448, train and deploy form:
   ``tests/fixtures/repmlpnet``); the weights are the same either way. With two identical 224x224 halves stacked to
   448x224 and the parity fixtures' weights, T224's first RepMLP block gives its 224x224 output on each half in our
-  order and outputs up to 0.41 away (largest output 0.73) in the official one; the logits move 6e-8 and 0.052 (tested
-  in tests/test_repmlp.py).
+  order and outputs up to 0.41 away (largest output 0.73) in the official one; the logits move from their 224x224
+  values by 6e-8 in ours and 0.052 in the official order (both tested in tests/test_repmlp.py).
 """
 from __future__ import annotations
 
