@@ -10,11 +10,11 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 PARITY = FIXTURES / 'parity'
 sys.path.insert(0, str(PARITY))
-
 
 
 @cache
@@ -31,14 +31,33 @@ def _seed():
     torch.manual_seed(0)
 
 
+def on_meta(name: str, **kwargs) -> nn.Module:
+    """Build on the meta device: shapes, parameter counts, MACs and input checks without memory or init cost."""
+    import mlpvision
+    with torch.device('meta'):
+        return mlpvision.create_model(name, **kwargs)
+
+
+def randomise_norm_stats(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters (identities at init, which would hide a wrong fold)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g, dtype=m.weight.dtype) + 0.5)
+                m.bias.data.copy_(torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype) * 0.1)
+
+
 @cache
-def smallest_per_family() -> list[str]:
-    """The variant with the fewest parameters in each registered family (counted on the meta device)."""
+def smallest_per_family(names: tuple[str, ...] | None = None) -> list[str]:
+    """Among ``names`` (default: every registered model), the variant with the fewest parameters in each family
+    (counted on the meta device)."""
     import mlpvision
     best: dict[str, tuple[int, str]] = {}
-    for name in mlpvision.list_models():
-        with torch.device('meta'):
-            n = mlpvision.count_params(mlpvision.create_model(name))
+    for name in mlpvision.list_models() if names is None else names:
+        n = mlpvision.count_params(on_meta(name))
         fam = mlpvision.model_family(name)
         if fam not in best or n < best[fam][0]:
             best[fam] = (n, name)

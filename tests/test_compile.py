@@ -15,22 +15,10 @@ from fill import fill_state_dict, make_input
 TOL = 1e-4  # compiled vs eager, relative to the largest logit
 
 
-def _smallest_fixture_per_family(names):
-    """Among ``names``, the one with the fewest parameters (counted on the meta device) in each family."""
-    best = {}
-    for n in names:
-        with torch.device('meta'):
-            params = mlpvision.count_params(mlpvision.create_model(n))
-        fam = mlpvision.model_family(n)
-        if fam not in best or params < best[fam][1]:
-            best[fam] = (n, params)
-    return {n for n, _ in best.values()}
-
-
 ALL = mlpvision.list_models()
 DEFAULT = set(smallest_per_family())
 FIXTURES = [n for n in parity_models() if mlpvision.is_model(n)]
-DEFAULT_FIXTURES = _smallest_fixture_per_family(FIXTURES)
+DEFAULT_FIXTURES = set(smallest_per_family(tuple(FIXTURES)))
 
 
 def _params(names, default):

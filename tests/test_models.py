@@ -11,6 +11,9 @@ import torch.nn.functional as F
 import mlpvision
 from mlpvision.models._registry import model_meta
 
+from conftest import on_meta as _on_meta
+from conftest import randomise_norm_stats as _randomise_norm_stats
+
 ALL = mlpvision.list_models()
 
 
@@ -23,12 +26,6 @@ def _heavy(name: str) -> bool:
 
 def _params(names, slow_if=_heavy):
     return [pytest.param(n, marks=[pytest.mark.slow] if slow_if(n) else []) for n in names]
-
-
-def _on_meta(name, **kwargs):
-    """Build on the meta device: shapes, parameter counts, MACs and input checks without memory or init cost."""
-    with torch.device('meta'):
-        return mlpvision.create_model(name, **kwargs)
 
 
 def _input(model, batch=2, dtype=torch.float32):
@@ -131,17 +128,6 @@ def test_features_only(name):
         outs = feat(x)
     assert [o.shape[1] for o in outs] == feat.feature_info.channels()
     assert [x.shape[-1] // o.shape[-1] for o in outs] == feat.feature_info.reduction()
-
-
-def _randomise_norm_stats(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.weight.shape, generator=g, dtype=m.weight.dtype) + 0.5)
-                m.bias.data.copy_(torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype) * 0.1)
 
 
 def _has_reparam(model: nn.Module) -> bool:

@@ -36,17 +36,25 @@ def _check(model, rec):
     assert err <= TOL * scale, f'max |diff| {err:.3g} > {TOL} x {scale:.3g}'
 
 
+@pytest.mark.parametrize('name', [n for n in parity_models() if mlpvision.is_model(n)])
+def test_model_meta_counts_are_the_official_ones(name):
+    """ModelMeta.params (the count test_models.py's test_param_count_and_macs asserts for every model, on the meta
+    device) and ModelMeta.deploy_params are the official implementation's counts as the fixture recorded them."""
+    rec, meta = parity_record(name), mlpvision.model_meta(name)
+    assert meta.params == rec['params']
+    assert meta.deploy_params == rec.get('deploy_params')
+
+
 @pytest.mark.parametrize('name', [_params(n) for n in parity_models()])
 def test_parity_train_and_deploy(name, tmp_path):
     rec = parity_record(name)
     sd = fill_state_dict(rec['schema'])
     path = tmp_path / 'official.pth'
     torch.save({'model': sd}, path)  # the official training scripts' layout
-    model = mlpvision.create_model(name, checkpoint_path=path)
-    assert mlpvision.count_params(model) == rec['params']
+    model = mlpvision.create_model(name, checkpoint_path=path)  # count: test_param_count_and_macs and the test above
     _check(model, rec)
     deployed = mlpvision.reparameterize(model)
-    if 'deploy_params' in rec:
+    if 'deploy_params' in rec:  # the one check of the deploy forms' counts
         assert mlpvision.count_params(deployed) == rec['deploy_params']
     _check(deployed, rec)
     # the deploy form's state_dict loads into a model built with deploy=True

@@ -1,5 +1,7 @@
 """RepMLP family: the first paper's RepMLP block, RepMLP-ResNet-50 and pure-MLP CIFAR model (models/repmlp.py), and
-RepMLPNet (models/repmlpnet.py). Official-output parity in both forms is in test_parity.py."""
+RepMLPNet (models/repmlpnet.py). Official-output parity in both forms is in test_parity.py (native size) and here
+(RepMLPNet at larger inputs, official_partition_order)."""
+import json
 import re
 
 import pytest
@@ -13,23 +15,17 @@ from mlpvision.layers import conv_to_fc
 from mlpvision.models import repmlp, repmlpnet
 from mlpvision.models.repmlp import RepMLP, RepMLPResNet
 from mlpvision.models.repmlpnet import RepMLPNet, RepMLPNetBlock
-from test_models import _randomise_norm_stats
 
-from conftest import parity_record
+from conftest import FIXTURES, on_meta, parity_record, randomise_norm_stats
 from fill import fill_state_dict, make_input
 
 F64 = dict(rtol=1e-9, atol=1e-10)
 
 
-def _on_meta(name, **kwargs):
-    with torch.device('meta'):
-        return mlpvision.create_model(name, **kwargs)
-
-
 def _perturb(model: nn.Module) -> nn.Module:
     """float64, eval, non-trivial BatchNorm statistics and affine parameters."""
     model = model.double().eval()
-    _randomise_norm_stats(model)
+    randomise_norm_stats(model)
     return model
 
 
@@ -112,7 +108,7 @@ def test_repmlp_rejects_bad_configurations():
 # --- RepMLP-ResNet-50 --------------------------------------------------------------------------------------------
 
 def test_res50_replaces_only_stride1_blocks_of_c3_c4_with_per_stage_groups():
-    model = _on_meta('repmlp_res50_g8_16_320')
+    model = on_meta('repmlp_res50_g8_16_320')
     kinds = [[type(b).__name__ for b in s.blocks] for s in model.stages]
     assert kinds[0] == ['ResNetBottleneck'] * 3 and kinds[3] == ['ResNetBottleneck'] * 3
     assert kinds[1] == ['ResNetBottleneck'] + ['RepMLPBottleneckBlock'] * 3
@@ -120,7 +116,7 @@ def test_res50_replaces_only_stride1_blocks_of_c3_c4_with_per_stage_groups():
     assert model.stages[1].blocks[1].repmlp.groups == 8 and model.stages[2].blocks[1].repmlp.groups == 16
     assert model.stages[2].blocks[1].repmlp.local_kernels == (1, 3, 5, 7)
     assert model.stages[1].blocks[1].repmlp.fc3.in_channels == 64 * 100  # r = 2: 512/4/2 channels, h = w = 10
-    light = _on_meta('repmlp_res50_light_224')
+    light = on_meta('repmlp_res50_light_224')
     assert type(light.stages[1].blocks[1]).__name__ == 'RepMLPLightBlock'
     assert light.stages[1].blocks[1].repmlp.groups == 4
     with pytest.raises(ValueError, match='one value per RepMLP stage'):
@@ -136,7 +132,7 @@ def test_res50_replaces_only_stride1_blocks_of_c3_c4_with_per_stage_groups():
 
 
 def test_res50_fixed_input_size():
-    model = _on_meta('repmlp_res50_light_224')
+    model = on_meta('repmlp_res50_light_224')
     with pytest.raises(ValueError, match='built for 224x224 input but got 256x320'):
         model(torch.zeros(1, 3, 256, 320, device='meta'))
 
@@ -144,12 +140,12 @@ def test_res50_fixed_input_size():
 # --- pure-MLP CIFAR model ----------------------------------------------------------------------------------------
 
 def test_cifar_pure_mlp_macs_match_the_paper():
-    model = _on_meta('repmlp_cifar_pure', deploy=True)
+    model = on_meta('repmlp_cifar_pure', deploy=True)
     prof = mlpvision.profile(model)
     assert prof.macs == 52_806_272  # paper Table 1 / §4.1: 52.8M FLOPs (one multiply-add each) after conversion
     assert round(prof.macs / 1e6, 1) == 52.8
     assert prof.params == 22_376_666
-    train = mlpvision.profile(_on_meta('repmlp_cifar_pure'))
+    train = mlpvision.profile(on_meta('repmlp_cifar_pure'))
     assert train.params == 22_844_858 and train.macs == 118_866_560  # the "before conversion" model (ablation A)
     # the paper's layout: FC(3->16); per stage [RepMLP g=2, h=w=8, FC] x 2 whose last FC widens; no Global
     # Perceptron in stage 3 (one 8x8 partition); 10 classes at 32x32
@@ -205,7 +201,7 @@ def test_repmlpnet_block_deploy_is_exact_in_float64():
 
 
 def test_repmlpnet_runs_at_integer_multiples_of_the_native_size():
-    model = _on_meta('repmlpnet_t224').eval()
+    model = on_meta('repmlpnet_t224').eval()
     for h, w in [(448, 448), (224, 448), (448, 224)]:
         assert model(torch.zeros(1, 3, h, w, device='meta')).shape == (1, 1000)
     for h, w in [(256, 256), (224, 320), (192, 192)]:
@@ -218,6 +214,77 @@ def test_repmlpnet_runs_at_integer_multiples_of_the_native_size():
         torch.testing.assert_close(mlpvision.reparameterize(small)(x), small(x), **F64)
 
 
+# the official RepMLPNet-T224 at 448x224 and 224x448 (two partitions per map), train and deploy form; recipe inside
+MULTI_PARTITION = json.loads((FIXTURES / 'repmlpnet' / 'repmlpnet_t224_multi_partition.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def official_t224_checkpoint(tmp_path_factory):
+    """The parity fixture's official-format T224 weights, saved as the official training scripts do."""
+    path = tmp_path_factory.mktemp('repmlpnet') / 'official.pth'
+    torch.save({'model': fill_state_dict(parity_record('repmlpnet_t224')['schema'])}, path)
+    return path
+
+
+def _max_rel_err(model: nn.Module, case: dict, key: str) -> float:
+    with torch.no_grad():
+        y = model.eval()(make_input(**case['input']))
+    ref = torch.tensor(case[key])
+    return ((y - ref).abs().max() / ref.abs().max()).item()
+
+
+def test_repmlpnet_official_partition_order_reproduces_the_official_code_at_larger_inputs(official_t224_checkpoint):
+    assert MULTI_PARTITION['official'] == repmlpnet._OFFICIAL
+    model = mlpvision.create_model('repmlpnet_t224', official_partition_order=True,
+                                   checkpoint_path=official_t224_checkpoint)
+    blocks = [u.repmlp for s in model.stages for u in s.blocks]
+    assert all(b.official_partition_order for b in blocks)  # create_model's kwarg reaches every block
+    deployed = mlpvision.reparameterize(model)  # the deploy form's biased fc3 in the official order
+    direct = mlpvision.create_model('repmlpnet_t224', deploy=True, official_partition_order=True)
+    direct.load_state_dict(deployed.state_dict(), strict=True)
+    default = mlpvision.create_model('repmlpnet_t224', checkpoint_path=official_t224_checkpoint)
+    for case in MULTI_PARTITION['cases']:
+        assert _max_rel_err(model, case, 'logits') <= 1e-4, case['name']
+        assert _max_rel_err(deployed, case, 'deploy_logits') <= 1e-4, case['name']
+        assert _max_rel_err(direct, case, 'deploy_logits') <= 1e-4, case['name']
+        # the fixture tells the orders apart: ours is 0.05 (about 12% of the largest logit) away from it
+        assert _max_rel_err(default, case, 'logits') > 0.05, case['name']
+
+
+@torch.no_grad()
+def test_repmlpnet_identical_halves_give_identical_halves_only_in_our_partition_order(official_t224_checkpoint):
+    """Two identical 224x224 halves stacked to 448x224: with one FC per partition (the default) the first RepMLP
+    block's output on each half is its 224x224 output, and so are the logits; the official order mixes the halves'
+    channel groups, so it has neither property."""
+    x = make_input(0, [1, 3, 224, 224])
+    stacked = torch.cat([x, x], 2)  # 1, 3, 448, 224
+    for official_order in (False, True):
+        model = mlpvision.create_model('repmlpnet_t224', official_partition_order=official_order,
+                                       checkpoint_path=official_t224_checkpoint).eval()
+        unit = model.stages[0].blocks[0]
+        ref = unit.repmlp(unit.norm1(model.stem(x)))  # 1, 64, 56, 56: a single partition, both orders agree
+        out = unit.repmlp(unit.norm1(model.stem(stacked)))  # 1, 64, 112, 56: two partitions
+        half_err = max((out[..., :56, :] - ref).abs().max(), (out[..., 56:, :] - ref).abs().max()).item()
+        logit_err = (model(stacked) - model(x)).abs().max().item()
+        if official_order:
+            assert half_err > 0.1 and logit_err > 0.01  # measured 0.41 (largest output 0.73) and 0.052
+        else:
+            assert half_err <= 1e-5 and logit_err <= 1e-5
+
+
+def test_repmlpnet_official_partition_order_changes_nothing_at_the_native_size_and_stays_exact_in_deploy():
+    torch.manual_seed(0)
+    ours = _perturb(_small_repmlpnet())
+    official = _perturb(_small_repmlpnet(official_partition_order=True))
+    official.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    large = torch.randn(1, 3, 128, 192, dtype=torch.float64)  # 2 x 3 partitions per map
+    with torch.no_grad():
+        torch.testing.assert_close(official(x), ours(x), rtol=0, atol=0)
+        assert (official(large) - ours(large)).abs().max() > 1e-3
+        torch.testing.assert_close(mlpvision.reparameterize(official)(large), official(large), **F64)
+
+
 def test_repmlpnet_deploy_keeps_the_ffn_and_pre_norms():
     model = mlpvision.reparameterize(_small_repmlpnet())
     unit = model.stages[0].blocks[0]
@@ -228,7 +295,7 @@ def test_repmlpnet_deploy_keeps_the_ffn_and_pre_norms():
 
 def test_repmlpnet_no_weight_decay_is_every_1d_parameter():
     # official optimizer.py (Swin's set_weight_decay): 1-D parameters and biases; the model defines no extra names
-    model = _on_meta('repmlpnet_t224')
+    model = on_meta('repmlpnet_t224')
     nwd = model.no_weight_decay()
     assert nwd == {n for n, p in model.named_parameters() if p.ndim == 1}
     assert 'stages.0.blocks.0.repmlp.fc3.weight' not in nwd and 'stages.0.blocks.0.norm1.weight' in nwd
@@ -239,12 +306,12 @@ def test_repmlpnet_no_weight_decay_is_every_1d_parameter():
 @pytest.mark.parametrize('name', ['repmlpnet_t224', 'repmlp_res50_light_224'])
 def test_filter_passes_mlpvision_state_dicts_through(name):
     for deploy in (False, True):
-        model = _on_meta(name, deploy=deploy)
+        model = on_meta(name, deploy=deploy)
         sd = model.state_dict()
         filt = repmlpnet.checkpoint_filter_fn if name.startswith('repmlpnet') else repmlp.checkpoint_filter_fn
         assert list(filt(sd, model)) == list(sd)
     with pytest.raises(CheckpointError, match='train-form .* deploy=True'):
-        filt(_on_meta(name).state_dict(), _on_meta(name, deploy=True))
+        filt(on_meta(name).state_dict(), on_meta(name, deploy=True))
 
 
 def _official_deploy_keys(schema_keys: list[str], family: str) -> set[str]:
@@ -297,7 +364,6 @@ def test_official_deploy_checkpoint_loads_into_deploy_model(name, tmp_path):
     torch.save(official, tmp_path / 'official_deploy.pth')  # convert.py saves the bare state_dict
     del deployed, official
     model = mlpvision.create_model(name, deploy=True, checkpoint_path=tmp_path / 'official_deploy.pth').eval()
-    assert mlpvision.count_params(model) == rec['deploy_params']
     with torch.no_grad():
         y = model(make_input(**rec['input']))
     ref = torch.tensor(rec['logits'])

@@ -21,7 +21,8 @@ RepMLP Block (input and output NCHW, C channels, partition h x w, S share-sets):
 
 The partition is the stage resolution at the native input size ((56, 28, 14, 7) for *224, (64, 32, 16, 8) for *256),
 so stage 1 of T224 is a single 3136 x 3136 FC. Inputs that are integer multiples of the native size per axis run
-(more partitions per map), as in the official code; other sizes raise ValueError naming the allowed ones.
+with more partitions per map, every partition through the same fc3 and Local Perceptron (see the deviations for how
+the official code differs there); other sizes raise ValueError naming the allowed ones.
 
 Deploy form (``deploy=True`` / ``mlpvision.reparameterize``), the official Locality Injection: each Local
 Perceptron conv and its BN are folded, padded to the largest kernel, turned into the equal FC
@@ -38,7 +39,18 @@ Deviations from the official code:
   output) names;
 * optional stochastic depth on both residual branches (``drop_path_rate``, linear over depth, default 0: the
   official code has none) and head dropout (``drop_rate``, default 0);
-* wrong input sizes raise ValueError instead of failing inside a reshape.
+* wrong input sizes raise ValueError instead of failing inside a reshape;
+* inputs larger than the native size (P = H/h * W/w > 1 partitions per map): each partition's fc3 + Local Perceptron
+  output goes back to that partition and its own channels, the per-partition FC the paper describes. The official
+  code computes the same (B, H/h, W/w, C/S) rows of S*h*w values, but its ``partition_affine`` (and the Local
+  Perceptron sum, in the same order) reshapes them back as (B*C/S, H/h, W/w, S, h, w): the row of partition p and
+  channel group g, number q = p * C/S + g of its image, becomes group q // P of partition q % P, so partitions move
+  across channel groups. At the native size (P = 1) the two agree. ``official_partition_order=True`` reproduces the
+  official order (tested against the official T224 logits at 448x224 and 224x448, train and deploy form:
+  ``tests/fixtures/repmlpnet``); the weights are the same either way. With two identical 224x224 halves stacked to
+  448x224 and the parity fixtures' weights, T224's first RepMLP block gives its 224x224 output on each half in our
+  order and outputs up to 0.41 away (largest output 0.73) in the official one; the logits move from their 224x224
+  values by 6e-8 in ours and 0.052 in the official order (both tested in tests/test_repmlp.py).
 """
 from __future__ import annotations
 
@@ -101,6 +113,7 @@ class RepMLPNetBlock(nn.Module):
             local_kernels: tuple[int, ...] = (1, 3),
             gp_reduction: int = 4,
             deploy: bool = False,
+            official_partition_order: bool = False,
     ) -> None:
         super().__init__()
         if channels % num_sharesets:
@@ -110,6 +123,7 @@ class RepMLPNetBlock(nn.Module):
         self.num_sharesets = s = num_sharesets
         self.local_kernels = tuple(sorted(local_kernels))
         self.deploy = deploy
+        self.official_partition_order = official_partition_order
         self.gp = GlobalPerceptronGate(channels, channels // gp_reduction)
         hw = self.h * self.w
         # one FC per share-set over the h*w pixels of a channel, as a grouped 1x1 conv on (N, S*h*w, 1, 1)
@@ -135,7 +149,13 @@ class RepMLPNetBlock(nn.Module):
         if not self.deploy:
             for k in self.local_kernels:
                 out = out + getattr(self, f'repconv{k}')(parts)
-        out = out.reshape(b, hp, wp, c, h, w).permute(0, 3, 1, 4, 2, 5)  # B, C, H/h, h, W/w, w
+        if self.official_partition_order:
+            # the official partition_affine reads the (B, H/h, W/w, C/S) rows back as (B, C/S, H/h, W/w): row
+            # q = p * C/S + g of a sample (partition p, group g) lands at group q // (H/h * W/w), partition
+            # q % (H/h * W/w) (the same as ours when there is one partition)
+            out = out.reshape(b, c // s, hp, wp, s, h, w).permute(0, 1, 4, 2, 5, 3, 6)  # B, C/S, S, H/h, h, W/w, w
+        else:
+            out = out.reshape(b, hp, wp, c, h, w).permute(0, 3, 1, 4, 2, 5)  # B, C, H/h, h, W/w, w
         return out.reshape(b, c, height, width) * gate
 
     def fused_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,10 +218,12 @@ class RepMLPNetUnit(nn.Module):
             ffn_ratio: int = 4,
             drop_path: float = 0.,
             deploy: bool = False,
+            official_partition_order: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(channels)
-        self.repmlp = RepMLPNetBlock(channels, partition, num_sharesets, local_kernels, gp_reduction, deploy)
+        self.repmlp = RepMLPNetBlock(channels, partition, num_sharesets, local_kernels, gp_reduction, deploy,
+                                     official_partition_order)
         self.norm2 = nn.BatchNorm2d(channels)
         self.ffn = FFN(channels, channels * ffn_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -229,6 +251,7 @@ class RepMLPNet(PyramidNet):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             deploy: bool = False,
+            official_partition_order: bool = False,
     ) -> None:
         """
         Args:
@@ -238,6 +261,9 @@ class RepMLPNet(PyramidNet):
             local_kernels: Local Perceptron kernel sizes (official: 1 and 3; () switches it off).
             gp_reduction: Global Perceptron hidden width is C / gp_reduction.
             deploy: build the Locality-Injected form (fc3 with bias, no fc3 BN, no Local Perceptron).
+            official_partition_order: at inputs larger than ``img_size``, put each fc3 output row where the official
+                code puts it (which moves partitions across channel groups; see the module docstring) instead of
+                back in its own partition. No effect at ``img_size``; the weights are the same either way.
         """
         super().__init__()
         if not (len(channels) == len(depths) == len(sharesets) == 4):
@@ -256,7 +282,7 @@ class RepMLPNet(PyramidNet):
             reduction = 4 * 2 ** i
             partition = (self.img_size[0] // reduction, self.img_size[1] // reduction)
             blocks = [RepMLPNetUnit(c, partition, s, local_kernels, gp_reduction, ffn_ratio, dpr[sum(depths[:i]) + j],
-                                    deploy) for j in range(d)]
+                                    deploy, official_partition_order) for j in range(d)]
             stages.append(SequentialStage(blocks, conv_bn(prev, c, 2, 2, nn.ReLU) if i > 0 else None))
             self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f'stages.{i}'))
             prev = c
