@@ -125,6 +125,14 @@ def test_features_only_with_checkpoint(s12, tmp_path):
         (f,) = feat(x)
         _, (ref,) = s12.forward_intermediates(x, indices=[11])
     torch.testing.assert_close(f, ref)
+    # a train-form checkpoint is folded before timm wraps the deploy model as a feature extractor
+    feat = mlpvision.create_model('resmlp_s12', deploy=True, features_only=True, checkpoint_path=path,
+                                  out_indices=(11,)).eval()
+    deployed = mlpvision.create_model('resmlp_s12', deploy=True, checkpoint_path=path).eval()
+    with torch.no_grad():
+        (f,) = feat(x)
+        _, (ref,) = deployed.forward_intermediates(x, indices=[11])
+    torch.testing.assert_close(f, ref)
 
 
 # --- the family filter registry --------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def _mapped(model: nn.Module, sd: dict[str, torch.Tensor], source: str, filter_f
         return fn(sd, model)
     except CheckpointError:
         raise
-    except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
+    except (KeyError, RuntimeError, ValueError, IndexError) as e:  # what a foreign key layout makes a filter raise
         raise CheckpointError(
             f'{source} could not be mapped onto {model_name(model)} by {fn.__module__}.{fn.__qualname__} '
             f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); is it a checkpoint of another '
@@ -158,7 +158,8 @@ def _mapped(model: nn.Module, sd: dict[str, torch.Tensor], source: str, filter_f
 # --- strict checking and loading ---------------------------------------------------------------------------------
 
 def _mismatch(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[int, str] | None:
-    """None when ``sd`` fits ``model`` key for key and shape for shape, else (number of bad keys, description)."""
+    """None when ``sd`` fits ``model`` key for key and shape for shape, else (number of missing and unexpected keys,
+    description). The key count tells the forms apart; shapes differ between variants rather than forms."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -173,16 +174,16 @@ def _mismatch(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[int, st
     parts = [f'{kind}: {_few(keys)}' for kind, keys in
              (('missing keys', missing), ('unexpected keys', unexpected), ('mis-shaped', shapes)) if keys]
     text = (f'{len(own)} tensors in the model, {len(sd)} in the checkpoint after key mapping; ' + '; '.join(parts))
-    return len(missing) + len(unexpected) + len(shapes), text
+    return len(missing) + len(unexpected), text
 
 
-def _mismatch_error(model: nn.Module, description: str, source: str, form: str = '') -> CheckpointError:
-    if form:
-        hint = ''
-    elif getattr(model, 'deploy', False):
+def _mismatch_error(model: nn.Module, description: str, source: str, form: str = '',
+                    hint: str | None = None) -> CheckpointError:
+    """The one mismatch message; ``hint`` (default: how to load the other form) ends its question."""
+    if hint is None and getattr(model, 'deploy', False):
         hint = (f'; a train-form checkpoint loads into deploy=True through mlpvision.create_model('
                 f'{model_name(model)!r}, deploy=True, checkpoint_path=...), which folds it on load')
-    else:
+    elif hint is None:
         hint = ' (or of the deploy form: use deploy=True)'
     return CheckpointError(f'{source} does not fit {model_name(model)}{form} ({description}). Is it a checkpoint of '
                            f'another model or variant{hint}?')
@@ -237,8 +238,9 @@ def load_weights(
             check_state_dict(model, folded, f'The re-parameterised train form of {source}')
             model.load_state_dict(folded, strict=True)
             return model
-        if bad_train[0] < bad[0]:  # nearer the train form: say what is wrong for that one
-            raise _mismatch_error(train, bad_train[1], source, ' in its train form (nor in its deploy form)')
+        if bad_train[0] < bad[0]:  # its keys are nearer the train form's: say what is wrong for that one
+            raise _mismatch_error(train, bad_train[1], source, ' in its train form (nor in its deploy form)', hint='')
+        raise _mismatch_error(model, bad[1], source, ' in its deploy form (nor in its train form)', hint='')
     raise _mismatch_error(model, bad[1], source)
 
 
