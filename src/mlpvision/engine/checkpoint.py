@@ -12,6 +12,9 @@ A checkpoint is a dict of tensors, state dicts and plain values only:
 
 ``last.pth`` is the full state (rewritten at every epoch end and every ``checkpoint_every_steps`` steps);
 ``best.pth`` holds the weights that scored best on the validation split (no optimizer state).
+
+Weights themselves are read, mapped and loaded by :mod:`mlpvision._checkpoint` (``load_weights``,
+``load_finetune_weights``); this module adds the training state around them.
 """
 from __future__ import annotations
 
@@ -22,12 +25,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .._checkpoint import CheckpointError, atomic_save, check_state_dict, family_filter_fn, unwrap_state_dict
+from .._checkpoint import atomic_save, read_checkpoint
 
-__all__ = ['get_rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint_file', 'load_weights',
-           'load_finetune_weights', 'CheckpointError']
+__all__ = ['get_rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint_file']
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -80,83 +81,10 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
-    """``torch.load(weights_only=True)`` with one clear error for a missing, truncated or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint {str(path)!r} does not exist')
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        try:
-            return {'model': load_file(str(path), device='cpu')}
-        except Exception as e:
-            raise CheckpointError(f'checkpoint {str(path)!r} could not be read ({type(e).__name__}: {e})') from None
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise CheckpointError(f'checkpoint {str(path)!r} could not be read: truncated, corrupt or not a weights file '
-                              f'({type(e).__name__}: {first[:200]})') from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f'checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict')
-    return dict(obj)
+    """A training checkpoint as a dict, read by :func:`mlpvision._checkpoint.read_checkpoint` (weights_only).
 
-
-def _check(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """mlpvision's strict key and shape check, reported in one line: counts and one example of each mismatch."""
-    try:
-        check_state_dict(model, sd, source)
-    except CheckpointError:
-        own = model.state_dict()
-        missing = sorted(own.keys() - sd.keys())
-        unexpected = sorted(sd.keys() - own.keys())
-        shaped = [f'{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in own.items() if k in sd and sd[k].shape != v.shape]
-        parts = [f'{len(keys)} {kind} (e.g. {keys[0]})' for kind, keys in
-                 (('missing keys', missing), ('unexpected keys', unexpected), ('mis-shaped', shaped)) if keys]
-        name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-        raise CheckpointError(f'{source} does not fit {name}: {", ".join(parts)}; is it a checkpoint of another '
-                              f'model or configuration?') from None
-
-
-def _mapped(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``sd`` mapped through the model family's checkpoint_filter_fn (official key names to ours)."""
-    fn = family_filter_fn(model)
-    if fn is None:
-        return sd
-    try:
-        return fn(sd, model)
-    except (KeyError, RuntimeError, ValueError, IndexError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        return sd  # the filter could not map it; the strict check below reports the mismatch
-
-
-def load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str = 'Checkpoint') -> None:
-    """Load ``sd`` (ours or official format) into ``model`` strictly, with a one-line error on mismatch."""
-    sd = _mapped(model, dict(unwrap_state_dict(sd)))
-    _check(model, sd, source)
-    model.load_state_dict(sd, strict=True)
-
-
-def load_finetune_weights(model: nn.Module, path: str | Path) -> list[str]:
-    """Initialise ``model`` from a checkpoint, leaving the classifier new when its size differs.
-
-    Returns:
-        the classifier keys that were not loaded (empty when the head fitted).
+    A ``.safetensors`` file holds weights only; it comes back as ``{'model': weights}``, the training checkpoint's
+    layout, so callers find the weights in one place.
     """
-    obj = load_checkpoint_file(path)
-    sd = _mapped(model, dict(unwrap_state_dict(obj)))
-    if not sd:
-        raise CheckpointError(f'checkpoint {str(path)!r} holds no weights')
-    own = model.state_dict()
-    classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'head')
-    prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    is_head = lambda k: any(k == c or k.startswith(c + '.') for c in prefixes)  # noqa: E731
-    new_head = [k for k in own if is_head(k) and (k not in sd or tuple(sd[k].shape) != tuple(own[k].shape))]
-    if new_head:  # the whole classifier is replaced, not a part of it
-        new_head = [k for k in own if is_head(k)]
-        sd = {k: v for k, v in sd.items() if not is_head(k)}
-    # the new classifier's own tensors stand in for the checkpoint's, so the check covers everything else
-    _check(model, {**sd, **{k: own[k] for k in new_head}}, f'Checkpoint {str(path)!r}')
-    model.load_state_dict(sd, strict=False)
-    return new_head
+    obj = read_checkpoint(path)
+    return {'model': obj} if Path(path).suffix == '.safetensors' else obj

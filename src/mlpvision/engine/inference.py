@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .._checkpoint import CheckpointError, unwrap_state_dict
+from .._checkpoint import CheckpointError, load_weights, unwrap_state_dict
 from ..data.datasets import (
     IMG_EXTENSIONS,
     CorruptImageError,
@@ -27,7 +27,7 @@ from ..data.datasets import (
 from ..data.loader import create_eval_loader
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..models import create_model
-from .checkpoint import load_checkpoint_file, load_weights
+from .checkpoint import load_checkpoint_file
 from .distributed import resolve_device
 from .evaluate import EvalResult, evaluate
 from .metrics import plot_confusion, write_per_class_csv

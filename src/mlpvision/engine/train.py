@@ -30,19 +30,12 @@ import yaml
 from torch.utils.data import DataLoader
 
 from .. import __version__
+from .._checkpoint import CheckpointError, load_finetune_weights, load_weights
 from ..data.datasets import CorruptImageError, DatasetInfo, build_dataset, worker_error_message
 from ..data.loader import create_eval_loader, create_train_loader, set_loader_epoch, steps_per_epoch
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..models import create_model
-from .checkpoint import (
-    CheckpointError,
-    get_rng_state,
-    load_checkpoint_file,
-    load_finetune_weights,
-    load_weights,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .config import TrainConfig, default_output, load_recipe, make_config, scaled_lrs
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import EvalResult, autocast_context, evaluate

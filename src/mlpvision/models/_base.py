@@ -18,6 +18,7 @@ from timm.layers import ClassifierHead
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from .._checkpoint import model_name  # defined low in the layers: the checkpoint loader names models too
 from ..layers.fast_linear import conv_mlp_forward
 
 __all__ = ['PyramidNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input', 'to_2tuple_int', 'model_name',
@@ -57,11 +58,6 @@ def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
         return size, size
     h, w = size
     return int(h), int(w)
-
-
-def model_name(model: nn.Module) -> str:
-    """The registered name (from the pretrained cfg) for error messages, else the class name."""
-    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
 
 
 def one_d_and_bias_params(model: nn.Module) -> set[str]:

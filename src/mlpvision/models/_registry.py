@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import timm
 import torch.nn as nn
 from timm.models import generate_default_cfgs
 from timm.models import register_model as _timm_register_model
+
+from .._checkpoint import load_checkpoint
 
 __all__ = ['register_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint', 'model_family',
            'ModelMeta', 'generate_cfgs', 'model_meta']
@@ -61,40 +64,53 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 def create_model(
         name: str,
         pretrained: bool = False,
-        checkpoint_path: str | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
         deploy: bool = False,
         **kwargs,
 ) -> nn.Module:
     """Build an mlpvision model by name.
 
+    Checkpoint policy, the same for every family: ``checkpoint_path`` is read without executing code from it
+    (safetensors, or ``torch.load(weights_only=True)``), mapped through the key-mapping filter the family registered
+    (official and timm names to ours) and loaded strictly. With ``deploy=True`` a deploy-form checkpoint (ours, or
+    the official ``convert.py`` output) loads directly, and a train-form checkpoint (every official release) is
+    loaded into the train form and folded on load with :func:`mlpvision.reparameterize`: the result is the
+    ``deploy=True`` model holding exactly the re-parameterised train weights. Which form a checkpoint has is decided
+    from its keys and shapes after the key mapping (:func:`mlpvision._checkpoint.load_weights`). AS-MLP and
+    Strip-MLP have no deploy form: for them ``deploy=True`` builds the same model, and any checkpoint of theirs loads
+    either way.
+
     Args:
         name: a registered name (``mlpvision.list_models()``), optionally with a ``.tag``.
-        pretrained: load the weights named by the pretrained cfg (downloads; not used by tests).
+        pretrained: load the weights named by the pretrained cfg through timm (downloads; not used by tests). The
+            policy above applies to ``checkpoint_path`` only.
         checkpoint_path: a local checkpoint, either in the official repository's format (bare state_dict or under
-            'model' / 'state_dict' / 'model_ema') or mlpvision's own (.safetensors or .pth). It is mapped through
-            the family's ``checkpoint_filter_fn`` and loaded strictly; a mismatch raises
-            :class:`mlpvision.CheckpointError`.
+            'model' / 'state_dict' / 'model_ema') or mlpvision's own (.safetensors or .pth). A checkpoint that
+            cannot be read, that the family's filter cannot map, or that does not fit (missing, unexpected or
+            mis-shaped keys) raises :class:`mlpvision.CheckpointError`.
         deploy: build the inference (re-parameterised) form directly.
-        **kwargs: passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``, ...).
+        **kwargs: passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``, ...), and
+            timm's ``features_only`` / ``out_indices`` / ``feature_cls`` (applied after the checkpoint is loaded).
     """
     if not is_model(name):
         raise _unknown_model_error(name)
     if deploy:
         kwargs['deploy'] = True
-    if checkpoint_path is not None and kwargs.get('features_only'):
-        # the weights must go in before timm wraps the model as a feature extractor: hand timm the state_dict
-        # (read here, safely) as a pretrained source, so it passes through the family's checkpoint_filter_fn
-        from .._checkpoint import CheckpointError, read_state_dict
-        sd = read_state_dict(checkpoint_path)
-        try:
-            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=sd), **kwargs)
-        except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f'Checkpoint {str(checkpoint_path)!r} does not fit {name}: {e}') from e
+    if checkpoint_path is None:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    features = {k: kwargs.pop(k) for k in _FEATURE_ARGS if k in kwargs} if kwargs.get('features_only') else {}
     model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    if checkpoint_path is not None:
-        from .._checkpoint import load_checkpoint
-        load_checkpoint(model, checkpoint_path)
-    return model
+    train_form = (lambda: timm.create_model(name, **dict(kwargs, deploy=False))) if deploy else None
+    load_checkpoint(model, checkpoint_path, train_form=train_form)
+    if not features:
+        return model
+    # timm wraps a model as a feature extractor only in its pretrained path, after loading: hand it the weights
+    # just loaded (our names, which every family filter passes through unchanged)
+    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=model.state_dict()),
+                             **kwargs, **features)
+
+
+_FEATURE_ARGS = ('features_only', 'out_indices', 'feature_cls')  # what timm's build_model_with_cfg takes for itself
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ import torch.nn as nn
 from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
 
+from .._checkpoint import register_checkpoint_filter
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
 from ..layers.fast_linear import conv1x1
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
@@ -312,6 +313,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ASMLP) -> d
     """
     state_dict = state_dict.get('model', state_dict)
     return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+register_checkpoint_filter(ASMLP, checkpoint_filter_fn)
 
 
 def _create_as_mlp(variant: str, pretrained: bool = False, **kwargs) -> ASMLP:

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
 
-from .._checkpoint import unwrap_state_dict
+from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
 from ..layers.conv_bn import ConvBN
 from ..layers.fast_linear import conv1x1, dispatch_mode_active, linear, pointwise_conv
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
@@ -565,6 +565,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLPNet)
     through unchanged."""
     state_dict = unwrap_state_dict(state_dict)  # {'model': ...} (or 'model_ema'), DDP's 'module.' prefix
     return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+register_checkpoint_filter(HireMLPNet, checkpoint_filter_fn)
 
 
 def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireMLPNet:

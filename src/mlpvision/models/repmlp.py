@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg
 
-from .._checkpoint import CheckpointError
+from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ..layers.fast_linear import grouped_linear
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
@@ -501,14 +501,12 @@ def _official_to_ours(k: str) -> str:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official RepMLP-ResNet state_dict (train form, or the deploy form written by the official
-    ``convert.py`` / ``repmlp_model_convert``) or an mlpvision one onto ``model`` (whose form must match)."""
-    out = {_official_to_ours(k): v for k, v in state_dict.items()}
-    train_form = any(k.endswith('.bn.running_var') for k in out)
-    if getattr(model, 'deploy', False) and train_form:
-        raise CheckpointError(
-            'This is a train-form checkpoint but the model was built with deploy=True: build it with deploy=False, '
-            'load the checkpoint, then call mlpvision.reparameterize(model).')
-    return out
+    ``convert.py`` / ``repmlp_model_convert``) or an mlpvision one onto our key names (either form; the loader
+    folds a train-form checkpoint for ``deploy=True``)."""
+    return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+register_checkpoint_filter((RepMLPResNet, RepMLPCifarNet), checkpoint_filter_fn)
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, out_indices: tuple[int, ...], **kwargs):

@@ -62,7 +62,7 @@ import torch.nn as nn
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg
 
-from .._checkpoint import CheckpointError
+from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
 from ..layers.fast_linear import grouped_linear, linear
 from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
@@ -321,14 +321,12 @@ def _official_to_ours(k: str) -> str:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: RepMLPNet) -> dict[str, torch.Tensor]:
     """Map an official RepMLPNet state_dict (train form, or the deploy form written by the official ``convert.py``)
-    or an mlpvision one onto ``model`` (whose form must match the checkpoint's)."""
-    out = {_official_to_ours(k): v for k, v in state_dict.items()}
-    train_form = any(k.endswith('.fc3_bn.weight') for k in out)
-    if getattr(model, 'deploy', False) and train_form:
-        raise CheckpointError(
-            'This is a train-form RepMLPNet checkpoint but the model was built with deploy=True: build it with '
-            'deploy=False, load the checkpoint, then call mlpvision.reparameterize(model).')
-    return out
+    or an mlpvision one onto our key names (either form; the loader folds a train-form checkpoint for
+    ``deploy=True``)."""
+    return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+register_checkpoint_filter(RepMLPNet, checkpoint_filter_fn)
 
 
 def _create_repmlpnet(variant: str, pretrained: bool = False, **kwargs) -> RepMLPNet:

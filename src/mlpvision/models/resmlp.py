@@ -35,6 +35,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from .._checkpoint import register_checkpoint_filter
 from ..layers.fast_linear import mlp_forward
 from ._base import check_input, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
@@ -305,36 +306,9 @@ def _official_to_ours(k: str) -> str:
     return k
 
 
-def train_to_deploy_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a train-form state_dict (our names) to the deploy form, with the same arithmetic as reparameterize()."""
-    out = {}
-    blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r'blocks\.(\d+)\.', k))})
-    for i in blocks:
-        p = f'blocks.{i}.'
-        w1, b1, w2, b2 = fold_channel_mlp(sd[p + 'norm2.alpha'], sd[p + 'norm2.beta'],
-                                          sd[p + 'mlp_channels.fc1.weight'], sd[p + 'mlp_channels.fc1.bias'],
-                                          sd[p + 'mlp_channels.fc2.weight'], sd[p + 'mlp_channels.fc2.bias'],
-                                          sd[p + 'ls2'])
-        out.update({p + 'mlp_channels.fc1.weight': w1, p + 'mlp_channels.fc1.bias': b1,
-                    p + 'mlp_channels.fc2.weight': w2, p + 'mlp_channels.fc2.bias': b2})
-        s, bias = fold_token_mixing(sd[p + 'norm1.alpha'], sd[p + 'norm1.beta'], sd[p + 'linear_tokens.weight'],
-                                    sd[p + 'linear_tokens.bias'], sd[p + 'ls1'])
-        out.update({p + 'linear_tokens.weight': sd[p + 'linear_tokens.weight'], p + 'token_scale': s,
-                    p + 'token_bias': bias})
-    out.update({k: v for k, v in sd.items() if k.startswith('stem.')})
-    if 'head.weight' in sd:
-        out['head.weight'], out['head.bias'] = fold_head(sd['norm.alpha'], sd['norm.beta'], sd['head.weight'],
-                                                         sd['head.bias'])
-    else:
-        out.update({k: v for k, v in sd.items() if k.startswith('norm.')})
-    return out
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ResMLP) -> dict[str, torch.Tensor]:
-    """Map an official (deit ``resmlp_models.py``), timm (``resmlp_*_224``) or mlpvision state_dict onto ``model``.
-
-    Train-form checkpoints also load into a deploy-form model (folded on the way in).
-    """
+    """Map an official (deit ``resmlp_models.py``), timm (``resmlp_*_224``) or mlpvision state_dict onto our key names
+    (either form; the loader folds a train-form checkpoint for ``deploy=True``)."""
     state_dict = state_dict.get('model', state_dict)
     out = {}
     for k, v in state_dict.items():
@@ -342,9 +316,10 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ResMLP) -> 
         if re.search(r'(norm\d?)\.(alpha|beta)$', k) and v.ndim == 3:
             v = v.reshape(-1)  # timm stores Affine as (1, 1, C)
         out[k] = v
-    if getattr(model, 'deploy', False) and any(k.endswith('.ls1') for k in out):
-        out = train_to_deploy_state_dict(out)
     return out
+
+
+register_checkpoint_filter(ResMLP, checkpoint_filter_fn)
 
 
 def _create_resmlp(variant: str, pretrained: bool = False, **kwargs) -> ResMLP:

@@ -71,6 +71,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
+from .._checkpoint import register_checkpoint_filter
 from ..layers.fast_linear import linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
@@ -543,6 +544,9 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: StripMLP) -
     parameter shapes are kept)."""
     state_dict = state_dict.get('model', state_dict)
     return {_official_to_ours(k): v for k, v in state_dict.items()}
+
+
+register_checkpoint_filter(StripMLP, checkpoint_filter_fn)
 
 
 def _create_strip_mlp(variant: str, pretrained: bool = False, **kwargs) -> StripMLP:
