@@ -32,11 +32,9 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from ..layers.fast_linear import mlp_forward
-from ._base import check_input, to_2tuple_int
+from ._base import IsotropicNet, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['ResMLP', 'ResMLPBlock', 'Affine']
@@ -130,8 +128,12 @@ class ResMLPBlock(nn.Module):
         self.deploy = True
 
 
-class ResMLP(nn.Module):
-    """ResMLP (isotropic; tokens (B, N, C) inside, N = (H/p) * (W/p)), built for one input size."""
+class ResMLP(IsotropicNet):
+    """ResMLP (isotropic; tokens (B, N, C) inside, N = (H/p) * (W/p)), built for one input size.
+
+    The model contract (features, intermediates as NCHW maps of the patch grid or NLC tokens, grad checkpointing,
+    group_matcher, classifier reset) comes from :class:`~mlpvision.models._base.IsotropicNet`.
+    """
 
     def __init__(
             self,
@@ -152,24 +154,21 @@ class ResMLP(nn.Module):
         """
         Args:
             img_size: the input size the token-mixing layers are built for (weights depend on it).
-            drop_rate: dropout inside the channel MLPs (where the official code applies ``drop_rate``).
+            drop_rate: dropout inside the channel MLPs (where the official code applies ``drop_rate``; timm's
+                ``resmlp_*_224`` apply their ``drop_rate`` before the head instead).
             drop_path_rate: stochastic depth, the same rate in every block (official).
             deploy: build the inference form (Affine and LayerScale folded into the linear layers).
         """
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' for ResMLP, got {global_pool!r}.")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
+        self._check_global_pool(global_pool)
         self.in_chans = in_chans
         self.img_size = to_2tuple_int(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
             raise ValueError(f'img_size {self.img_size} must be a multiple of patch_size {patch_size}.')
         self.patch_size = patch_size
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.embed_dim = embed_dim
         self.deploy = deploy
-        self.grad_checkpointing = False
 
         self.stem = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         num_patches = self.grid_size[0] * self.grid_size[1]
@@ -178,8 +177,8 @@ class ResMLP(nn.Module):
             for _ in range(depth)])
         # the deploy form folds the final Affine into the head (only possible when there is a head)
         self.norm = nn.Identity() if deploy and num_classes > 0 else Affine(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self._init_head(embed_dim, num_classes, global_pool)
+        self._init_feature_info(reduction=patch_size)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -195,86 +194,6 @@ class ResMLP(nn.Module):
         # DeiT's optimizer (timm create_optimizer) skips every 1-D parameter and bias: Affine, LayerScale, biases;
         # the deploy form's N x C token bias is a bias too
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('token_bias')}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^stem', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        x = self.stem(x)  # B, N, C
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs as NCHW maps at stride ``patch_size`` (or NLC tokens with ``output_fmt='NLC'``)."""
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.check_input(x)
-        b = x.shape[0]
-        h, w = self.grid_size
-        x = self.stem(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        intermediates = []
-        for i, blk in enumerate(blocks):
-            x = blk(x)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                if output_fmt == 'NCHW':
-                    y = y.transpose(1, 2).reshape(b, -1, h, w)  # B, N, C -> B, C, H/p, W/p
-                intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
     @torch.no_grad()
     def reparameterize(self) -> None:
