@@ -23,6 +23,33 @@ to float rounding; in fp32 CPU inference the channel MLP runs through oneDNN wit
 (:mod:`mlpvision.layers.fast_linear`), also equal up to float rounding; the model checks its input size and channels
 with a clear error instead of an assert; key names follow timm (``stem.proj``, ``linear_tokens``, ``mlp_channels``,
 ``ls1``/``ls2``); ``checkpoint_filter_fn`` maps the official and timm names.
+
+timm's own ResMLP (``timm.models.mlp_mixer``: ``MlpMixer`` with ``ResBlock`` and ``Affine``, timm 1.0.31), which
+``import mlpvision`` leaves registered beside ours, is the same network with the same module names; it differs in:
+
+* names and sizes: ``resmlp_12_224`` / ``resmlp_24_224`` / ``resmlp_36_224`` / ``resmlp_big_24_224`` are our
+  ``resmlp_s12`` / ``resmlp_s24`` / ``resmlp_s36`` / ``resmlp_b24_p8`` (the released B24 is patch 8); timm has no
+  patch-16 B24 (``resmlp_b24``, the paper's Table 1 row); timm's depth argument is ``num_blocks``, ours ``depth``;
+* initialisation: timm's ``resmlp_12_224`` starts LayerScale at 1e-4 (its ``ResBlock`` default), the official
+  ``resmlp_12`` and ours at 0.1 (the deeper ones agree: 1e-5, 1e-6, 1e-6); timm draws Linear weights
+  Xavier-uniform, the MLP biases from N(0, 1e-6), zeroes the head and LeCun-normal-inits the patch conv, where the
+  official code and ours draw every Linear (head included) from trunc_normal(std 0.02) with zero biases and keep
+  PyTorch's default patch conv;
+* key shapes: timm stores each Affine's ``alpha``/``beta`` as (1, 1, C), ours as (C,) (as the official code);
+  every key name is the same, so ``checkpoint_filter_fn`` only reshapes them (it also maps the official names);
+* ``drop_rate``: timm's is dropout before the head (its MLP dropout is ``proj_drop_rate``); ours is the official
+  dropout inside the channel MLPs, with no head dropout;
+* ``features_only`` takes the last three blocks in timm, every ``depth // 4``-th block here (four maps);
+* eval cfg: timm's ``crop_pct`` is 0.875, ours 0.9 (deit ``README_resmlp.md``); both bicubic, ImageNet mean/std;
+* ours has the deploy form, the oneDNN CPU fast path, a ValueError for a wrong input size (timm asserts) and names
+  the 1-D parameters in ``no_weight_decay``.
+
+timm's hub weights load into ours and give timm's logits: the ``timm/resmlp_*_224.*`` files (timm's key names) and
+the ``dl.fbaipublicfiles.com/deit`` ones (official names), every tag (distilled, in22k, DINO) alike, since each is
+a tag of the same entrypoint, loaded strictly. Either through ``mlpvision.create_model('resmlp_s12',
+checkpoint_path=...)`` or through timm's loader: ``timm.create_model('resmlp_s12', pretrained=True,
+pretrained_cfg_overlay=dict(hf_hub_id='timm/resmlp_12_224.fb_in1k'))`` (tested offline with a local file on the
+same loader, ``tests/test_resmlp.py``).
 """
 from __future__ import annotations
 
@@ -216,6 +243,7 @@ def fold_head(alpha, beta, w, b):
 
 
 def _official_to_ours(k: str) -> str:
+    # timm's names (its own checkpoint_filter_fn maps the official ones the same way) are already ours
     k = k.replace('patch_embed.', 'stem.')
     k = re.sub(r'^blocks\.(\d+)\.attn\.', r'blocks.\1.linear_tokens.', k)
     k = re.sub(r'^blocks\.(\d+)\.mlp\.', r'blocks.\1.mlp_channels.', k)
@@ -252,7 +280,9 @@ def train_to_deploy_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.T
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ResMLP) -> dict[str, torch.Tensor]:
     """Map an official (deit ``resmlp_models.py``), timm (``resmlp_*_224``) or mlpvision state_dict onto ``model``.
 
-    Train-form checkpoints also load into a deploy-form model (folded on the way in).
+    Official names (``patch_embed``, ``attn``, ``mlp``, ``gamma_1``/``gamma_2``) become ours; timm's keys are ours
+    already, with each Affine's ``alpha``/``beta`` stored as (1, 1, C), reshaped here to (C,). Train-form checkpoints
+    also load into a deploy-form model (folded on the way in).
     """
     state_dict = state_dict.get('model', state_dict)
     out = {}
