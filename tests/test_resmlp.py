@@ -207,3 +207,16 @@ def test_grad_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n, g in grads[0].items():
         torch.testing.assert_close(grads[1][n], g, msg=n)
+
+
+@pytest.mark.parametrize('deploy', [False, True])
+def test_factory_device_and_dtype(deploy):
+    """timm 1.0's factory arguments: every parameter is made where and as asked (ResMLP's head, Affine, LayerScale
+    and deploy-form token bias included)."""
+    model = timm.create_model('resmlp_s12', depth=2, dtype=torch.float64, deploy=deploy).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224, dtype=torch.float64)).dtype == torch.float64
+    meta = timm.create_model('resmlp_s12', depth=2, device='meta', deploy=deploy)
+    assert {p.device.type for p in meta.parameters()} == {'meta'}
+    assert mlpvision.count_params(meta) == mlpvision.count_params(model)

@@ -287,14 +287,23 @@ class IsotropicNet(BackboneBase):
     norm_every_unit = True
     output_fmts = ('NCHW', 'NLC')
 
-    def _init_head(self, num_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.) -> None:
+    def _init_head(
+            self,
+            num_features: int,
+            num_classes: int,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
         """``drop_rate`` is dropout on the pooled features before the head (timm MlpMixer's ``head_drop``)."""
         self._check_global_pool(global_pool)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = num_features
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = (nn.Linear(num_features, num_classes, device=device, dtype=dtype) if num_classes > 0
+                     else nn.Identity())
 
     def _init_feature_info(self, reduction: int) -> None:
         """One entry per block: ``num_features`` channels at stride ``reduction`` (the patch size)."""

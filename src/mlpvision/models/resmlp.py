@@ -72,10 +72,10 @@ _OFFICIAL = 'facebookresearch/deit@7e160fe43f0252d17191b71cbb5826254114ea5b:resm
 class Affine(nn.Module):
     """Per-channel ``alpha * x + beta`` over the last dimension (channels-last tokens, B, N, C)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        self.alpha = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.beta, self.alpha, x)
@@ -94,6 +94,9 @@ def fold_token_mixing(alpha, beta, a, b, gamma):
 class ResMLPBlock(nn.Module):
     """Cross-patch linear + channel MLP with Affine pre-norms and LayerScale. Input (B, N, C)."""
 
+    # a constant for TorchScript, so it compiles only the branch of the form the block was built (or folded) in
+    __constants__ = ['deploy']
+
     def __init__(
             self,
             dim: int,
@@ -104,21 +107,24 @@ class ResMLPBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: type[nn.Module] = nn.GELU,
             deploy: bool = False,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.deploy = deploy
         hidden = int(dim * mlp_ratio)
         if deploy:
-            self.linear_tokens = nn.Linear(num_patches, num_patches, bias=False)
-            self.token_scale = nn.Parameter(torch.ones(dim))
-            self.token_bias = nn.Parameter(torch.zeros(num_patches, dim))
+            self.linear_tokens = nn.Linear(num_patches, num_patches, bias=False, **dd)
+            self.token_scale = nn.Parameter(torch.ones(dim, **dd))
+            self.token_bias = nn.Parameter(torch.zeros(num_patches, dim, **dd))
         else:
-            self.norm1 = Affine(dim)
-            self.linear_tokens = nn.Linear(num_patches, num_patches)
-            self.ls1 = nn.Parameter(init_values * torch.ones(dim))
-            self.norm2 = Affine(dim)
-            self.ls2 = nn.Parameter(init_values * torch.ones(dim))
-        self.mlp_channels = Mlp(dim, hidden, act_layer=act_layer, drop=drop)
+            self.norm1 = Affine(dim, **dd)
+            self.linear_tokens = nn.Linear(num_patches, num_patches, **dd)
+            self.ls1 = nn.Parameter(init_values * torch.ones(dim, **dd))
+            self.norm2 = Affine(dim, **dd)
+            self.ls2 = nn.Parameter(init_values * torch.ones(dim, **dd))
+        self.mlp_channels = Mlp(dim, hidden, act_layer=act_layer, drop=drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +183,8 @@ class ResMLP(IsotropicNet):
             drop_path_rate: float = 0.,
             act_layer: type[nn.Module] = nn.GELU,
             deploy: bool = False,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -185,8 +193,11 @@ class ResMLP(IsotropicNet):
                 ``resmlp_*_224`` apply their ``drop_rate`` before the head instead).
             drop_path_rate: stochastic depth, the same rate in every block (official).
             deploy: build the inference form (Affine and LayerScale folded into the linear layers).
+            device: where to create the parameters (timm's factory argument; ``'meta'`` builds without memory).
+            dtype: the parameters' dtype (timm's factory argument).
         """
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self._check_global_pool(global_pool)
         self.in_chans = in_chans
         self.img_size = to_2tuple_int(img_size)
@@ -197,14 +208,15 @@ class ResMLP(IsotropicNet):
         self.embed_dim = embed_dim
         self.deploy = deploy
 
-        self.stem = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.stem = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False, **dd)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.blocks = nn.Sequential(*[
-            ResMLPBlock(embed_dim, num_patches, mlp_ratio, init_values, drop_rate, drop_path_rate, act_layer, deploy)
+            ResMLPBlock(embed_dim, num_patches, mlp_ratio, init_values, drop_rate, drop_path_rate, act_layer, deploy,
+                        **dd)
             for _ in range(depth)])
         # the deploy form folds the final Affine into the head (only possible when there is a head)
-        self.norm = nn.Identity() if deploy and num_classes > 0 else Affine(embed_dim)
-        self._init_head(embed_dim, num_classes, global_pool)
+        self.norm = nn.Identity() if deploy and num_classes > 0 else Affine(embed_dim, **dd)
+        self._init_head(embed_dim, num_classes, global_pool, **dd)
         self._init_feature_info(reduction=patch_size)
         self.apply(self._init_weights)
 
