@@ -34,86 +34,6 @@ __all__ = ['BackboneBase', 'PyramidNet', 'IsotropicNet', 'SequentialStage', 'pre
            'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
 
 
-class SequentialStage(nn.Module):
-    """``downsample`` then ``blocks`` (an nn.Sequential), with optional gradient checkpointing over the blocks."""
-
-    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.downsample = downsample if downsample is not None else nn.Identity()
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
-
-
-def prenorm_residual_forward(block: nn.Module, mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x + DP(mixer(norm1(x)))``, then ``x + DP(mlp(norm2(x)))`` for a block with ``norm1``, ``norm2``,
-    ``drop_path`` and a timm ``Mlp`` of 1x1 convs as ``mlp``; ``mixer`` accepts ``residual=``. Without stochastic
-    depth the residual sums go into the mixer's and the MLP's last convs (fused there on the channels-last CPU
-    inference path of :mod:`mlpvision.layers.fast_linear`)."""
-    if isinstance(block.drop_path, nn.Identity) or not block.training:
-        x = mixer(block.norm1(x), residual=x)
-        return conv_mlp_forward(block.mlp, block.norm2(x), residual=x)
-    x = x + block.drop_path(mixer(block.norm1(x)))
-    return x + block.drop_path(block.mlp(block.norm2(x)))
-
-
-def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
-
-
-def model_name(model: nn.Module) -> str:
-    """The registered name (from the pretrained cfg) for error messages, else the class name."""
-    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
-
-
-def one_d_and_bias_params(model: nn.Module) -> set[str]:
-    """Names of every 1-D parameter and every ``.bias``: what the DeiT- and Swin-based official optimizers (and
-    timm's ``param_groups_weight_decay``) exclude from weight decay."""
-    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
-
-
-def check_input(
-        x: torch.Tensor,
-        in_chans: int,
-        img_size: tuple[int, int] | None = None,
-        multiple: int | tuple[int, int] | None = None,
-        model_name: str = 'this model',
-) -> None:
-    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
-
-    Args:
-        in_chans: channels the model was built for.
-        img_size: the only (H, W) the model accepts (fixed-size models), or None.
-        multiple: H and W must be multiples of this (or of (mh, mw)), or None.
-    """
-    if x.ndim != 4:
-        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
-    c, h, w = x.shape[1:]
-    if c != in_chans:
-        raise ValueError(
-            f'{model_name} was built for {in_chans}-channel input but got {c} channels (input shape {tuple(x.shape)}). '
-            f'Convert the images, or build the model with in_chans={c}.')
-    if img_size is not None and (h, w) != tuple(img_size):
-        raise ValueError(
-            f'{model_name} was built for {img_size[0]}x{img_size[1]} input but got {h}x{w}. '
-            f'Resize the input, or build the model with img_size=({h}, {w}) (weights sized for another input size '
-            f'will not load).')
-    if multiple is not None:
-        mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
-        if h % mh or w % mw:
-            raise ValueError(
-                f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
-                f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
-
-
 class BackboneBase(nn.Module):
     """stem -> trunk (an ``nn.Sequential`` of feature units) -> norm -> head: the contract written once.
 
@@ -222,6 +142,86 @@ class BackboneBase(nn.Module):
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+class SequentialStage(nn.Module):
+    """``downsample`` then ``blocks`` (an nn.Sequential), with optional gradient checkpointing over the blocks."""
+
+    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+def prenorm_residual_forward(block: nn.Module, mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x + DP(mixer(norm1(x)))``, then ``x + DP(mlp(norm2(x)))`` for a block with ``norm1``, ``norm2``,
+    ``drop_path`` and a timm ``Mlp`` of 1x1 convs as ``mlp``; ``mixer`` accepts ``residual=``. Without stochastic
+    depth the residual sums go into the mixer's and the MLP's last convs (fused there on the channels-last CPU
+    inference path of :mod:`mlpvision.layers.fast_linear`)."""
+    if isinstance(block.drop_path, nn.Identity) or not block.training:
+        x = mixer(block.norm1(x), residual=x)
+        return conv_mlp_forward(block.mlp, block.norm2(x), residual=x)
+    x = x + block.drop_path(mixer(block.norm1(x)))
+    return x + block.drop_path(block.mlp(block.norm2(x)))
+
+
+def to_2tuple_int(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def model_name(model: nn.Module) -> str:
+    """The registered name (from the pretrained cfg) for error messages, else the class name."""
+    return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+
+
+def one_d_and_bias_params(model: nn.Module) -> set[str]:
+    """Names of every 1-D parameter and every ``.bias``: what the DeiT- and Swin-based official optimizers (and
+    timm's ``param_groups_weight_decay``) exclude from weight decay."""
+    return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
+
+
+def check_input(
+        x: torch.Tensor,
+        in_chans: int,
+        img_size: tuple[int, int] | None = None,
+        multiple: int | tuple[int, int] | None = None,
+        model_name: str = 'this model',
+) -> None:
+    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
+
+    Args:
+        in_chans: channels the model was built for.
+        img_size: the only (H, W) the model accepts (fixed-size models), or None.
+        multiple: H and W must be multiples of this (or of (mh, mw)), or None.
+    """
+    if x.ndim != 4:
+        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
+    c, h, w = x.shape[1:]
+    if c != in_chans:
+        raise ValueError(
+            f'{model_name} was built for {in_chans}-channel input but got {c} channels (input shape {tuple(x.shape)}). '
+            f'Convert the images, or build the model with in_chans={c}.')
+    if img_size is not None and (h, w) != tuple(img_size):
+        raise ValueError(
+            f'{model_name} was built for {img_size[0]}x{img_size[1]} input but got {h}x{w}. '
+            f'Resize the input, or build the model with img_size=({h}, {w}) (weights sized for another input size '
+            f'will not load).')
+    if multiple is not None:
+        mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
+        if h % mh or w % mw:
+            raise ValueError(
+                f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
+                f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
 
 
 class PyramidNet(BackboneBase):
