@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every mlpvision model in timm."""
-from ._base import PyramidNet, check_input
+from ._base import BackboneBase, IsotropicNet, PyramidNet, check_input
 from ._registry import ModelMeta, create_model, is_model, list_models, model_family, model_meta
 from .as_mlp import *  # noqa: F403
 from .hire_mlp import *  # noqa: F403

@@ -1,10 +1,20 @@
 """The model contract shared by every mlpvision family.
 
-:class:`PyramidNet` is the base of the four-stage, NCHW families (AS-MLP, Hire-MLP, Strip-MLP, RepMLP-Res50,
-RepMLPNet): a subclass builds ``stem``, ``stages`` (an ``nn.Sequential`` of four stages), ``norm`` (the final norm,
-applied to the NCHW map, or ``nn.Identity``) and calls :meth:`PyramidNet._init_head`; everything in timm's model
-contract then comes from here (``forward_features``, ``forward_head``, ``forward_intermediates``,
-``prune_intermediate_layers``, ``reset_classifier``, ``set_grad_checkpointing``, ``group_matcher``).
+:class:`BackboneBase` holds what every model shares, written once: a ``stem``, a trunk (an ``nn.Sequential`` of
+feature units, each one entry of ``feature_info``), a final ``norm`` and a head, and from them ``forward``,
+``forward_intermediates``, ``prune_intermediate_layers`` and ``set_grad_checkpointing``. Two layouts build on it:
+
+* :class:`PyramidNet`, the four-stage, NCHW families (AS-MLP, Hire-MLP, Strip-MLP, RepMLP-Res50, RepMLPNet): a
+  subclass builds ``stem``, ``stages`` (an ``nn.Sequential`` of four stages), ``norm`` (the final norm, applied to the
+  NCHW map, or ``nn.Identity``) and calls :meth:`PyramidNet._init_head`;
+* :class:`IsotropicNet`, a sequence of blocks on (B, N, C) tokens at one resolution (ResMLP; MLP-Mixer-like models,
+  as timm's ``MlpMixer``): a subclass builds ``stem`` (a patch embedding to tokens), ``blocks``, ``norm`` (per token)
+  and calls :meth:`IsotropicNet._init_head` and :meth:`IsotropicNet._init_feature_info`; features are NCHW maps of
+  the patch grid, or NLC tokens (``output_fmt='NLC'``), as in timm's ViT and MlpMixer.
+
+Everything in timm's model contract then comes from here (``forward_features``, ``forward_head``,
+``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``, ``set_grad_checkpointing``,
+``group_matcher``), and timm's ``features_only=True`` from ``forward_intermediates`` (``feature_cls='getter'``).
 
 Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way.
 """
@@ -14,15 +24,125 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, get_device_dtype
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import model_name  # defined low in the layers: the checkpoint loader names models too
 from ..layers.fast_linear import conv_mlp_forward
 
-__all__ = ['PyramidNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input', 'to_2tuple_int', 'model_name',
-           'one_d_and_bias_params']
+__all__ = ['BackboneBase', 'PyramidNet', 'IsotropicNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input',
+           'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
+
+
+class BackboneBase(nn.Module):
+    """stem -> trunk (an ``nn.Sequential`` of feature units) -> norm -> head: the contract written once.
+
+    A layout subclass names its trunk in ``trunk_name`` (``'stages'`` or ``'blocks'``: the state_dict keys follow it)
+    and adds what depends on the layout: the head (``_init_head``, ``forward_head``, ``get_classifier``,
+    ``reset_classifier``), ``forward_features``, ``group_matcher`` and ``check_input``. ``forward_features`` is
+    written per layout because TorchScript cannot reach an attribute by a name held in a variable.
+
+    Class attributes:
+        trunk_name: the attribute holding the trunk.
+        norm_every_unit: whether the final norm fits every unit's output (a per-token norm of the one width of an
+            isotropic model: ``forward_intermediates(norm=True)`` norms every intermediate, as timm's MlpMixer and
+            ViT do) or only the last unit's (a pyramid's final norm has the last stage's channels).
+        output_fmts: the ``output_fmt`` values ``forward_intermediates`` accepts (see ``format_intermediate``).
+    """
+
+    trunk_name = 'stages'
+    norm_every_unit = False
+    output_fmts = ('NCHW',)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    @torch.jit.ignore
+    def trunk(self) -> nn.Sequential:
+        """The ``nn.Sequential`` of feature units (``feature_info`` lists one entry per unit)."""
+        return getattr(self, self.trunk_name)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for s in self.trunk():
+            if hasattr(s, 'grad_checkpointing'):
+                s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.stem(x)
+
+    def forward_stage(
+            self, stage: nn.Module, x: torch.Tensor, carry: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run one trunk unit (a stage or a block). ``carry`` holds what a stage hands to later ones besides the
+        feature map (Strip-MLP's multi-scale skips); the plain stages and blocks here hand nothing."""
+        return stage(x), carry
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def format_intermediate(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+        """A unit's output as ``forward_intermediates`` returns it; the units here already produce NCHW maps."""
+        return x
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Trunk unit outputs (stage outputs at strides 4, 8, 16, 32 for the pyramids here; block outputs at the
+        patch stride for the isotropic models) and, unless ``intermediates_only``, the final normed features.
+
+        ``norm=True`` applies the final norm to the intermediates it fits (all of them when ``norm_every_unit``,
+        else the last unit's only, since the other stages have no norm of their own in these architectures).
+        """
+        if output_fmt not in self.output_fmts:
+            raise ValueError(f"output_fmt must be {' or '.join(map(repr, self.output_fmts))} for "
+                             f"{type(self).__name__}, got {output_fmt!r}.")
+        trunk = self.trunk()
+        take_indices, max_index = feature_take_indices(len(trunk), indices)
+        intermediates = []
+        x = self.forward_stem(x)
+        last = len(trunk) - 1
+        units = trunk if torch.jit.is_scripting() or not stop_early else trunk[:max_index + 1]
+        carry: list[torch.Tensor] = []
+        for i, unit in enumerate(units):
+            x, carry = self.forward_stage(unit, x, carry)
+            if i in take_indices:
+                y = self.norm(x) if norm and (self.norm_every_unit or i == last) else x
+                intermediates.append(self.format_intermediate(y, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if self.norm_every_unit or len(units) == len(trunk):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        trunk = self.trunk()
+        take_indices, max_index = feature_take_indices(len(trunk), indices)
+        setattr(self, self.trunk_name, trunk[:max_index + 1])
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
 
 
 class SequentialStage(nn.Module):
@@ -100,16 +220,12 @@ def check_input(
                 f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
 
 
-class PyramidNet(nn.Module):
+class PyramidNet(BackboneBase):
     """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc)."""
 
     stem: nn.Module
     stages: nn.Sequential
     norm: nn.Module
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.) -> None:
         self.num_classes = num_classes
@@ -135,27 +251,12 @@ class PyramidNet(nn.Module):
         )
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for s in self.stages:
-            if hasattr(s, 'grad_checkpointing'):
-                s.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
-
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.stem(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
@@ -165,59 +266,87 @@ class PyramidNet(nn.Module):
             x = self.stages(x)
         return self.norm(x)
 
-    def forward_stage(
-            self, stage: nn.Module, x: torch.Tensor, carry: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run one stage. ``carry`` holds what a stage hands to later ones besides the feature map (Strip-MLP's
-        multi-scale skips); the plain stages here hand nothing."""
-        return stage(x), carry
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4, 8, 16, 32 for the families here) and, unless ``intermediates_only``, the
-        final normed feature map. ``norm=True`` applies the final norm to the last stage's output only, since the
-        other stages have no norm of their own in these architectures."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt must be 'NCHW' for {type(self).__name__}, got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        intermediates = []
-        x = self.forward_stem(x)
-        last = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        carry: list[torch.Tensor] = []
-        for i, stage in enumerate(stages):
-            x, carry = self.forward_stage(stage, x, carry)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
+class IsotropicNet(BackboneBase):
+    """Base for isotropic token models: stem (patch embedding) -> blocks on (B, N, C) tokens -> norm -> token mean ->
+    (dropout, Linear head), with timm ``MlpMixer``'s module names (``stem``, ``blocks``, ``norm``, ``head``).
 
-    def prune_intermediate_layers(
+    Built for one input size (token-mixing layers are sized by the number of patches): a subclass sets ``in_chans``,
+    ``img_size`` and ``grid_size`` (the patch grid, H/p x W/p), builds ``stem``, ``blocks`` (an ``nn.Sequential``) and
+    ``norm`` (a per-token norm, or ``nn.Identity``), then calls :meth:`_init_head` and :meth:`_init_feature_info`.
+    """
+
+    trunk_name = 'blocks'
+    norm_every_unit = True
+    output_fmts = ('NCHW', 'NLC')
+
+    def _init_head(
             self,
-            indices: int | list[int] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+            num_features: int,
+            num_classes: int,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        """``drop_rate`` is dropout on the pooled features before the head (timm MlpMixer's ``head_drop``)."""
+        self._check_global_pool(global_pool)
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = num_features
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = (nn.Linear(num_features, num_classes, device=device, dtype=dtype) if num_classes > 0
+                     else nn.Identity())
+
+    def _init_feature_info(self, reduction: int) -> None:
+        """One entry per block: ``num_features`` channels at stride ``reduction`` (the patch size)."""
+        self.feature_info = [dict(num_chs=self.num_features, reduction=reduction, module=f'blocks.{i}')
+                             for i in range(len(self.blocks))]
+
+    def _check_global_pool(self, global_pool: str) -> None:
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '' for {type(self).__name__}, got {global_pool!r}.")
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^stem', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self._check_global_pool(global_pool)
+            self.global_pool = global_pool
+        # on the model's device and dtype, not the defaults (a double() or meta-device model keeps its kind)
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)  # B, N, C
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean(dim=1)  # B, N, C -> B, C
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def format_intermediate(self, x: torch.Tensor, output_fmt: str) -> torch.Tensor:
+        """NLC tokens as they are, or (``'NCHW'``) a map of the patch grid."""
+        if output_fmt == 'NCHW':
+            h, w = self.grid_size
+            return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # B, N, C -> B, C, H/p, W/p
+        return x

@@ -23,6 +23,33 @@ to float rounding; in fp32 CPU inference the channel MLP runs through oneDNN wit
 (:mod:`mlpvision.layers.fast_linear`), also equal up to float rounding; the model checks its input size and channels
 with a clear error instead of an assert; key names follow timm (``stem.proj``, ``linear_tokens``, ``mlp_channels``,
 ``ls1``/``ls2``); ``checkpoint_filter_fn`` maps the official and timm names.
+
+timm's own ResMLP (``timm.models.mlp_mixer``: ``MlpMixer`` with ``ResBlock`` and ``Affine``, timm 1.0.31), which
+``import mlpvision`` leaves registered beside ours, is the same network with the same module names; it differs in:
+
+* names and sizes: ``resmlp_12_224`` / ``resmlp_24_224`` / ``resmlp_36_224`` / ``resmlp_big_24_224`` are our
+  ``resmlp_s12`` / ``resmlp_s24`` / ``resmlp_s36`` / ``resmlp_b24_p8`` (the released B24 is patch 8); timm has no
+  patch-16 B24 (``resmlp_b24``, the paper's Table 1 row); timm's depth argument is ``num_blocks``, ours ``depth``;
+* initialisation: timm's ``resmlp_12_224`` starts LayerScale at 1e-4 (its ``ResBlock`` default), the official
+  ``resmlp_12`` and ours at 0.1 (the deeper ones agree: 1e-5, 1e-6, 1e-6); timm draws Linear weights
+  Xavier-uniform, the MLP biases from N(0, 1e-6), zeroes the head and LeCun-normal-inits the patch conv, where the
+  official code and ours draw every Linear (head included) from trunc_normal(std 0.02) with zero biases and keep
+  PyTorch's default patch conv;
+* key shapes: timm stores each Affine's ``alpha``/``beta`` as (1, 1, C), ours as (C,) (as the official code);
+  every key name is the same, so ``checkpoint_filter_fn`` only reshapes them (it also maps the official names);
+* ``drop_rate``: timm's is dropout before the head (its MLP dropout is ``proj_drop_rate``); ours is the official
+  dropout inside the channel MLPs, with no head dropout;
+* ``features_only`` takes the last three blocks in timm, every ``depth // 4``-th block here (four maps);
+* eval cfg: timm's ``crop_pct`` is 0.875, ours 0.9 (deit ``README_resmlp.md``); both bicubic, ImageNet mean/std;
+* ours has the deploy form, the oneDNN CPU fast path, a ValueError for a wrong input size (timm asserts) and names
+  the 1-D parameters in ``no_weight_decay``.
+
+timm's hub weights load into ours and give timm's logits: the ``timm/resmlp_*_224.*`` files (timm's key names) and
+the ``dl.fbaipublicfiles.com/deit`` ones (official names), every tag (distilled, in22k, DINO) alike, since each is
+a tag of the same entrypoint, loaded strictly. Either through ``mlpvision.create_model('resmlp_s12',
+checkpoint_path=...)`` or through timm's loader: ``timm.create_model('resmlp_s12', pretrained=True,
+pretrained_cfg_overlay=dict(hf_hub_id='timm/resmlp_12_224.fb_in1k'))`` (tested offline with a local file on the
+same loader, ``tests/test_resmlp.py``).
 """
 from __future__ import annotations
 
@@ -32,12 +59,10 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers.fast_linear import mlp_forward
-from ._base import check_input, to_2tuple_int
+from ._base import IsotropicNet, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['ResMLP', 'ResMLPBlock', 'Affine']
@@ -48,10 +73,10 @@ _OFFICIAL = 'facebookresearch/deit@7e160fe43f0252d17191b71cbb5826254114ea5b:resm
 class Affine(nn.Module):
     """Per-channel ``alpha * x + beta`` over the last dimension (channels-last tokens, B, N, C)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.ones(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        self.alpha = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.beta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.beta, self.alpha, x)
@@ -70,6 +95,9 @@ def fold_token_mixing(alpha, beta, a, b, gamma):
 class ResMLPBlock(nn.Module):
     """Cross-patch linear + channel MLP with Affine pre-norms and LayerScale. Input (B, N, C)."""
 
+    # a constant for TorchScript, so it compiles only the branch of the form the block was built (or folded) in
+    __constants__ = ['deploy']
+
     def __init__(
             self,
             dim: int,
@@ -80,21 +108,24 @@ class ResMLPBlock(nn.Module):
             drop_path: float = 0.,
             act_layer: type[nn.Module] = nn.GELU,
             deploy: bool = False,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         self.deploy = deploy
         hidden = int(dim * mlp_ratio)
         if deploy:
-            self.linear_tokens = nn.Linear(num_patches, num_patches, bias=False)
-            self.token_scale = nn.Parameter(torch.ones(dim))
-            self.token_bias = nn.Parameter(torch.zeros(num_patches, dim))
+            self.linear_tokens = nn.Linear(num_patches, num_patches, bias=False, **dd)
+            self.token_scale = nn.Parameter(torch.ones(dim, **dd))
+            self.token_bias = nn.Parameter(torch.zeros(num_patches, dim, **dd))
         else:
-            self.norm1 = Affine(dim)
-            self.linear_tokens = nn.Linear(num_patches, num_patches)
-            self.ls1 = nn.Parameter(init_values * torch.ones(dim))
-            self.norm2 = Affine(dim)
-            self.ls2 = nn.Parameter(init_values * torch.ones(dim))
-        self.mlp_channels = Mlp(dim, hidden, act_layer=act_layer, drop=drop)
+            self.norm1 = Affine(dim, **dd)
+            self.linear_tokens = nn.Linear(num_patches, num_patches, **dd)
+            self.ls1 = nn.Parameter(init_values * torch.ones(dim, **dd))
+            self.norm2 = Affine(dim, **dd)
+            self.ls2 = nn.Parameter(init_values * torch.ones(dim, **dd))
+        self.mlp_channels = Mlp(dim, hidden, act_layer=act_layer, drop=drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,8 +162,12 @@ class ResMLPBlock(nn.Module):
         self.deploy = True
 
 
-class ResMLP(nn.Module):
-    """ResMLP (isotropic; tokens (B, N, C) inside, N = (H/p) * (W/p)), built for one input size."""
+class ResMLP(IsotropicNet):
+    """ResMLP (isotropic; tokens (B, N, C) inside, N = (H/p) * (W/p)), built for one input size.
+
+    The model contract (features, intermediates as NCHW maps of the patch grid or NLC tokens, grad checkpointing,
+    group_matcher, classifier reset) comes from :class:`~mlpvision.models._base.IsotropicNet`.
+    """
 
     def __init__(
             self,
@@ -149,38 +184,41 @@ class ResMLP(nn.Module):
             drop_path_rate: float = 0.,
             act_layer: type[nn.Module] = nn.GELU,
             deploy: bool = False,
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
             img_size: the input size the token-mixing layers are built for (weights depend on it).
-            drop_rate: dropout inside the channel MLPs (where the official code applies ``drop_rate``).
+            drop_rate: dropout inside the channel MLPs (where the official code applies ``drop_rate``; timm's
+                ``resmlp_*_224`` apply their ``drop_rate`` before the head instead).
             drop_path_rate: stochastic depth, the same rate in every block (official).
             deploy: build the inference form (Affine and LayerScale folded into the linear layers).
+            device: where to create the parameters (timm's factory argument; ``'meta'`` builds without memory).
+            dtype: the parameters' dtype (timm's factory argument).
         """
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' for ResMLP, got {global_pool!r}.")
-        self.num_classes = num_classes
-        self.global_pool = global_pool
+        dd = dict(device=device, dtype=dtype)
+        self._check_global_pool(global_pool)
         self.in_chans = in_chans
         self.img_size = to_2tuple_int(img_size)
         if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
             raise ValueError(f'img_size {self.img_size} must be a multiple of patch_size {patch_size}.')
         self.patch_size = patch_size
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.embed_dim = embed_dim
         self.deploy = deploy
-        self.grad_checkpointing = False
 
-        self.stem = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.stem = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim, strict_img_size=False, **dd)
         num_patches = self.grid_size[0] * self.grid_size[1]
         self.blocks = nn.Sequential(*[
-            ResMLPBlock(embed_dim, num_patches, mlp_ratio, init_values, drop_rate, drop_path_rate, act_layer, deploy)
+            ResMLPBlock(embed_dim, num_patches, mlp_ratio, init_values, drop_rate, drop_path_rate, act_layer, deploy,
+                        **dd)
             for _ in range(depth)])
         # the deploy form folds the final Affine into the head (only possible when there is a head)
-        self.norm = nn.Identity() if deploy and num_classes > 0 else Affine(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f'blocks.{i}') for i in range(depth)]
+        self.norm = nn.Identity() if deploy and num_classes > 0 else Affine(embed_dim, **dd)
+        self._init_head(embed_dim, num_classes, global_pool, **dd)
+        self._init_feature_info(reduction=patch_size)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -196,86 +234,6 @@ class ResMLP(nn.Module):
         # DeiT's optimizer (timm create_optimizer) skips every 1-D parameter and bias: Affine, LayerScale, biases;
         # the deploy form's N x C token bias is a bias too
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith('token_bias')}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(stem=r'^stem', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}.")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        x = self.stem(x)  # B, N, C
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.mean(dim=1)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs as NCHW maps at stride ``patch_size`` (or NLC tokens with ``output_fmt='NLC'``)."""
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.check_input(x)
-        b = x.shape[0]
-        h, w = self.grid_size
-        x = self.stem(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
-        intermediates = []
-        for i, blk in enumerate(blocks):
-            x = blk(x)
-            if i in take_indices:
-                y = self.norm(x) if norm else x
-                if output_fmt == 'NCHW':
-                    y = y.transpose(1, 2).reshape(b, -1, h, w)  # B, N, C -> B, C, H/p, W/p
-                intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
-
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -298,6 +256,7 @@ def fold_head(alpha, beta, w, b):
 
 
 def _official_to_ours(k: str) -> str:
+    # timm's names (its own checkpoint_filter_fn maps the official ones the same way) are already ours
     k = k.replace('patch_embed.', 'stem.')
     k = re.sub(r'^blocks\.(\d+)\.attn\.', r'blocks.\1.linear_tokens.', k)
     k = re.sub(r'^blocks\.(\d+)\.mlp\.', r'blocks.\1.mlp_channels.', k)
@@ -307,8 +266,12 @@ def _official_to_ours(k: str) -> str:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: ResMLP) -> dict[str, torch.Tensor]:
-    """Map an official (deit ``resmlp_models.py``), timm (``resmlp_*_224``) or mlpvision state_dict onto our key names
-    (either form; the loader folds a train-form checkpoint for ``deploy=True``)."""
+    """Map an official (deit ``resmlp_models.py``), timm (``resmlp_*_224``) or mlpvision state_dict onto ``model``.
+
+    Official names (``patch_embed``, ``attn``, ``mlp``, ``gamma_1``/``gamma_2``) become ours; timm's keys are ours
+    already, with each Affine's ``alpha``/``beta`` stored as (1, 1, C), reshaped here to (C,). Train-form checkpoints
+    also load into a deploy-form model: the loader folds them (``mlpvision._checkpoint.load_weights``).
+    """
     state_dict = state_dict.get('model', state_dict)
     out = {}
     for k, v in state_dict.items():
