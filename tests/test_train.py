@@ -22,7 +22,7 @@ from mlpvision.engine import (
     scaled_lrs,
 )
 from mlpvision.engine.checkpoint import get_rng_state, set_rng_state
-from mlpvision.engine.train import _Run
+from mlpvision.engine.train import TrainState
 
 from conftest import smallest_per_family
 
@@ -122,14 +122,14 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, monkeypatch):
     kw = dict(epochs=2, mixup=0.8, cutmix=1.0, reprob=0.25, model_ema=True, drop_path_rate=0.1, deterministic=True,
               aa='rand-m9-mstd0.5-inc1', checkpoint_every_steps=3)  # 4 steps per epoch: step 6 is mid epoch 2
     full = fit(make_config(dict(TINY, output=str(tmp_path / 'a'), **kw)))
-    save_last = _Run.save_last
+    save = TrainState.save
 
-    def save_then_stop(self):
-        save_last(self)
-        if self.state.global_step == 6:
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.global_step == 6:
             raise _Stop
 
-    monkeypatch.setattr(_Run, 'save_last', save_then_stop)
+    monkeypatch.setattr(TrainState, 'save', save_then_stop)
     with pytest.raises(_Stop):
         fit(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)))
     monkeypatch.undo()
