@@ -1,6 +1,7 @@
 """The training engine: configuration and recipes, a few steps of every recipe on synthetic data, checkpoints
 (atomic, weights_only, resumable), fine-tuning with a new head, NaN handling."""
 import csv
+import inspect
 import logging
 import math
 import pickle
@@ -22,7 +23,8 @@ from mlpvision.engine import (
     scaled_lrs,
 )
 from mlpvision.engine.checkpoint import get_rng_state, set_rng_state
-from mlpvision.engine.train import TrainState
+from mlpvision.engine.train import TrainState, build_model, takes_img_size
+from mlpvision.errors import UsageError
 
 from conftest import smallest_per_family
 
@@ -215,3 +217,24 @@ def test_torch_compile(tmp_path):
     result = fit(tiny(tmp_path, compile=True))
     assert math.isfinite(result.final.loss)
     assert not any(k.startswith('_orig_mod') for k in torch.load(result.last, weights_only=True)['model'])
+
+
+def test_img_size_goes_to_the_constructor_of_fixed_size_models_only():
+    """build_model reads from the registry whether a model is built for one input size (its cfg's
+    fixed_input_size), and every registered constructor agrees: those take img_size, the others have no such
+    argument and are fed the size as it is."""
+    import mlpvision
+    for name in mlpvision.list_models():
+        with torch.device('meta'):
+            model = mlpvision.create_model(name)
+        assert takes_img_size(name) == ('img_size' in inspect.signature(type(model)).parameters), name
+    with torch.device('meta'):
+        _, fixed = build_model(make_config(dict(model='resmlp_s12', img_size=32)), 10, 3)
+        _, free = build_model(make_config(dict(model='as_mlp_tiny', img_size=32)), 10, 3)
+    assert fixed['img_size'] == 32 and 'img_size' not in free
+    with pytest.raises(UsageError, match=r"model resmlp_s12 does not accept these arguments \(.*no_such_arg"):
+        build_model(make_config(dict(model='resmlp_s12', model_kwargs=dict(no_such_arg=1))), 10, 3)
+    with pytest.raises(UsageError, match='must be a multiple of patch_size'):
+        build_model(make_config(dict(model='resmlp_s12', img_size=30)), 10, 3)
+    with pytest.raises(UsageError, match="unknown model 'resmlp_s13'; closest: .*resmlp_s12"):
+        build_model(make_config(dict(model='resmlp_s13')), 10, 3)
