@@ -124,7 +124,7 @@ class TrainState:
             NonFiniteLossError: the weights are no longer finite (the last good checkpoint is left as it is).
         """
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise NonFiniteLossError(nan_message(f'the weights are no longer finite after step {self.global_step}',
+            raise NonFiniteLossError(_nan_message(f'the weights are no longer finite after step {self.global_step}',
                                                  self.last_saved))
         per_rank = _gather(dict(rng=get_rng_state(), meters=asdict(self.meters)), info)
         if info.primary:
@@ -185,7 +185,7 @@ def _gather(mine: dict, info: DistInfo) -> list[dict]:
     return gathered
 
 
-def nan_message(what: str, last_saved: Path | None) -> str:
+def _nan_message(what: str, last_saved: Path | None) -> str:
     keep = (f'the last good checkpoint is {str(last_saved)!r}' if last_saved
             else 'no checkpoint had been written yet')
     return (f'{what}; training stopped and {keep}. Lower --lr, set --clip-grad, or use --amp bf16 or none instead '
@@ -544,7 +544,7 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
             loss_value = all_reduce_sum(loss_value.clone(), info) / info.world_size
         lv = float(loss_value)
         if not math.isfinite(lv):
-            raise NonFiniteLossError(nan_message(
+            raise NonFiniteLossError(_nan_message(
                 f'loss is {lv} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1}', state.last_saved))
 
         optimizer.zero_grad(set_to_none=True)
