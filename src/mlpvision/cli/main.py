@@ -41,7 +41,7 @@ def expected_errors() -> tuple[type[Exception], ...]:
     """The errors mlpvision raises on purpose (bad options, data, checkpoints, a NaN loss), each with a message
     naming the problem and its fix: the CLI prints them as one line and exits with status 2. Anything else (a
     ``RuntimeError`` from torch, a ``ValueError`` mlpvision did not raise itself, a bug) keeps its traceback."""
-    from mlpvision._checkpoint import CheckpointError
+    from mlpvision import CheckpointError
     from mlpvision.errors import MlpvisionError
 
     return MlpvisionError, CheckpointError
