@@ -67,6 +67,13 @@ def test_overrides_beat_recipe_and_bad_values_are_named():
         load_recipe('no_such_recipe')
 
 
+def test_seed_out_of_numpy_range_is_named():
+    # numpy seeds below 2**32; timm's random_seed adds the rank to the seed
+    with pytest.raises(UsageError, match='seed must be between 0 and 2\\*\\*31 - 1, got -1'):
+        make_config({'seed': -1})
+    assert make_config({'seed': 2 ** 31 - 1}).seed == 2 ** 31 - 1
+
+
 def test_lr_scaling_rule_is_stated():
     cfg = make_config(load_recipe('asmlp_imagenet'))
     lr, warmup, min_lr, text = scaled_lrs(cfg, 1024)
