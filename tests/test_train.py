@@ -1,6 +1,7 @@
 """The training engine: configuration and recipes, a few steps of every recipe on synthetic data, checkpoints
 (atomic, weights_only, resumable), fine-tuning with a new head, NaN handling."""
 import csv
+import inspect
 import logging
 import math
 import pickle
@@ -22,7 +23,8 @@ from mlpvision.engine import (
     scaled_lrs,
 )
 from mlpvision.engine.checkpoint import get_rng_state, set_rng_state
-from mlpvision.engine.train import _Run
+from mlpvision.engine.train import TrainState, build_model, takes_img_size
+from mlpvision.errors import UsageError
 
 from conftest import smallest_per_family
 
@@ -63,6 +65,13 @@ def test_overrides_beat_recipe_and_bad_values_are_named():
         make_config({'mixup': 0.8, 'batch_size': 7})
     with pytest.raises(ValueError, match='recipe .* not found'):
         load_recipe('no_such_recipe')
+
+
+def test_seed_out_of_numpy_range_is_named():
+    # numpy seeds below 2**32; timm's random_seed adds the rank to the seed
+    with pytest.raises(UsageError, match='seed must be between 0 and 2\\*\\*31 - 1, got -1'):
+        make_config({'seed': -1})
+    assert make_config({'seed': 2 ** 31 - 1}).seed == 2 ** 31 - 1
 
 
 def test_lr_scaling_rule_is_stated():
@@ -122,14 +131,14 @@ def test_resume_mid_epoch_continues_exactly(tmp_path, monkeypatch):
     kw = dict(epochs=2, mixup=0.8, cutmix=1.0, reprob=0.25, model_ema=True, drop_path_rate=0.1, deterministic=True,
               aa='rand-m9-mstd0.5-inc1', checkpoint_every_steps=3)  # 4 steps per epoch: step 6 is mid epoch 2
     full = fit(make_config(dict(TINY, output=str(tmp_path / 'a'), **kw)))
-    save_last = _Run.save_last
+    save = TrainState.save
 
-    def save_then_stop(self):
-        save_last(self)
-        if self.state.global_step == 6:
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.global_step == 6:
             raise _Stop
 
-    monkeypatch.setattr(_Run, 'save_last', save_then_stop)
+    monkeypatch.setattr(TrainState, 'save', save_then_stop)
     with pytest.raises(_Stop):
         fit(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)))
     monkeypatch.undo()
@@ -215,3 +224,24 @@ def test_torch_compile(tmp_path):
     result = fit(tiny(tmp_path, compile=True))
     assert math.isfinite(result.final.loss)
     assert not any(k.startswith('_orig_mod') for k in torch.load(result.last, weights_only=True)['model'])
+
+
+def test_img_size_goes_to_the_constructor_of_fixed_size_models_only():
+    """build_model reads from the registry whether a model is built for one input size (its cfg's
+    fixed_input_size), and every registered constructor agrees: those take img_size, the others have no such
+    argument and are fed the size as it is."""
+    import mlpvision
+    for name in mlpvision.list_models():
+        with torch.device('meta'):
+            model = mlpvision.create_model(name)
+        assert takes_img_size(name) == ('img_size' in inspect.signature(type(model)).parameters), name
+    with torch.device('meta'):
+        _, fixed = build_model(make_config(dict(model='resmlp_s12', img_size=32)), 10, 3)
+        _, free = build_model(make_config(dict(model='as_mlp_tiny', img_size=32)), 10, 3)
+    assert fixed['img_size'] == 32 and 'img_size' not in free
+    with pytest.raises(UsageError, match=r"model resmlp_s12 does not accept these arguments \(.*no_such_arg"):
+        build_model(make_config(dict(model='resmlp_s12', model_kwargs=dict(no_such_arg=1))), 10, 3)
+    with pytest.raises(UsageError, match='must be a multiple of patch_size'):
+        build_model(make_config(dict(model='resmlp_s12', img_size=30)), 10, 3)
+    with pytest.raises(UsageError, match="unknown model 'resmlp_s13'; closest: .*resmlp_s12"):
+        build_model(make_config(dict(model='resmlp_s13')), 10, 3)

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from ._reparam import reparameterize
+from .errors import MlpvisionError
 
 __all__ = ['CheckpointError', 'model_name', 'read_checkpoint', 'read_state_dict', 'unwrap_state_dict',
            'register_checkpoint_filter', 'checkpoint_filter', 'check_state_dict', 'load_weights', 'load_checkpoint',
@@ -43,7 +44,7 @@ FilterFn = Callable[[dict, nn.Module], dict]
 _WRAPPER_KEYS = ('model', 'state_dict', 'model_ema', 'state_dict_ema', 'module')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MlpvisionError, ValueError):
     """A checkpoint file could not be read, or does not fit the model."""
 
 

@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ['BenchSettings', 'BenchResult', 'run_bench', 'resolve_models', 'environment', 'gemm_peaks', 'write_csv',
@@ -113,25 +115,25 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f'dtype must be one of {", ".join(DTYPES)}; got {self.dtype!r}.')
+            raise UsageError(f'dtype must be one of {", ".join(DTYPES)}; got {self.dtype!r}.')
         if torch.device(self.device).type not in ('cpu', 'cuda'):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}.")
+            raise UsageError(f"device must be 'cpu' or 'cuda[:N]'; got {self.device!r}.")
         if torch.device(self.device).type == 'cuda' and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for but torch.cuda.is_available() is False; use --device cpu.")
+            raise UsageError("device 'cuda' asked for but torch.cuda.is_available() is False; use --device cpu.")
         for name in ('batch_size', 'repeats'):
             if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be at least 1; got {getattr(self, name)}.')
+                raise UsageError(f'{name} must be at least 1; got {getattr(self, name)}.')
         for name in ('warmup', 'iters'):
             if getattr(self, name) < 0:
-                raise ValueError(f'{name} must be 0 or more; got {getattr(self, name)}.')
+                raise UsageError(f'{name} must be 0 or more; got {getattr(self, name)}.')
         if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f'img_size must be positive; got {self.img_size}.')
+            raise UsageError(f'img_size must be positive; got {self.img_size}.')
         if self.clock not in ('wall', 'cpu'):
-            raise ValueError(f"clock must be 'wall' or 'cpu'; got {self.clock!r}.")
+            raise UsageError(f"clock must be 'wall' or 'cpu'; got {self.clock!r}.")
         if self.clock == 'cpu' and torch.device(self.device).type == 'cuda':
-            raise ValueError("clock 'cpu' measures host CPU time and cannot time CUDA work; use clock 'wall'.")
+            raise UsageError("clock 'cpu' measures host CPU time and cannot time CUDA work; use clock 'wall'.")
         if self.threads is not None and self.threads < 1:
-            raise ValueError(f'threads must be at least 1; got {self.threads}.')
+            raise UsageError(f'threads must be at least 1; got {self.threads}.')
 
 
 @dataclass
@@ -167,7 +169,7 @@ def resolve_models(patterns: str | Sequence[str] | None, baselines: Sequence[str
     for p in patterns or ():
         names = list_models(p.strip())
         if not names:
-            raise ValueError(f'no mlpvision model matches {p.strip()!r}; `mlpvision models` lists them all.')
+            raise UsageError(f'no mlpvision model matches {p.strip()!r}; `mlpvision models` lists them all.')
         out += [(n, 'mlpvision') for n in names if (n, 'mlpvision') not in out]
     import timm
     for b in baselines:
@@ -179,10 +181,10 @@ def resolve_models(patterns: str | Sequence[str] | None, baselines: Sequence[str
         elif timm.is_model(b.split('.', 1)[0]):
             out.append((b, 'timm'))
         else:
-            raise ValueError(f'unknown timm model {b!r} given as a baseline; `timm.list_models("{b[:4]}*")` lists '
+            raise UsageError(f'unknown timm model {b!r} given as a baseline; `timm.list_models("{b[:4]}*")` lists '
                              f'the names it knows.')
     if not out:
-        raise ValueError('nothing to benchmark: give a glob of mlpvision models and/or --baseline timm names.')
+        raise UsageError('nothing to benchmark: give a glob of mlpvision models and/or --baseline timm names.')
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ._profile import profile
+from .errors import UsageError
 from .models._registry import create_model, list_models, model_meta
 
 __all__ = ['ModelRow', 'model_rows', 'format_rows']
@@ -68,7 +69,7 @@ def format_rows(rows: list[ModelRow], fmt: str = 'table') -> str:
         lines += ['| ' + ' | '.join(c) + ' |' for c in cells]
         return '\n'.join(lines) + '\n'
     if fmt != 'table':
-        raise ValueError(f"format must be one of table, csv, md; got {fmt!r}.")
+        raise UsageError(f"format must be one of table, csv, md; got {fmt!r}.")
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
     line = lambda c: '  '.join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip()  # noqa: E731
     return '\n'.join([line(COLUMNS), line(['-' * w for w in widths])] + [line(c) for c in cells]) + '\n'

@@ -5,9 +5,11 @@ to stderr. Example: mlpvision bench 'resmlp_s*' --baseline resnet50,mixer_b16_22
 from __future__ import annotations
 
 import argparse
-import ast
-import json
 import sys
+
+# parse_kwargs: the shared --model-kwargs parser, under the name tests/test_bench.py and earlier callers import
+from ._common import add_model_kwargs_arg
+from ._common import parse_model_kwargs as parse_kwargs
 
 HELP = 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'
 
@@ -39,43 +41,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--no-latency', action='store_true', help='skip the batch-1 latency measurement')
     p.add_argument('--no-train', action='store_true', help='skip the training-step measurement')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory probe')
-    p.add_argument('--model-kwargs', default='', metavar='K=V,...',
-                   help="constructor kwargs for the mlpvision models, 'k=v,k=v' or JSON (e.g. 'depth=2,embed_dim=64')")
+    p.add_argument('--no-gemm-peaks', action='store_true',
+                   help="don't measure the host's GEMM peaks (about a second; reported with the figures otherwise)")
+    add_model_kwargs_arg(p)  # for the mlpvision models only, not the baselines
     p.add_argument('--out', default=None, metavar='DIR', help='write bench.csv, bench.md and bench.png here')
-
-
-def parse_kwargs(text: str) -> dict:
-    """'depth=2,embed_dim=64' or a JSON object -> dict (values as Python literals where they parse)."""
-    text = text.strip()
-    if not text:
-        return {}
-    if text.startswith('{'):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f'--model-kwargs is not valid JSON: {e}') from None
-    out = {}
-    for item in text.split(','):
-        key, sep, value = item.partition('=')
-        if not sep or not key.strip():
-            raise ValueError(f"--model-kwargs items must look like key=value; got {item!r} in {text!r}.")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from mlpvision.bench import BenchSettings, format_markdown, resolve_models, run_bench, write_outputs
 
+    model_kwargs = parse_kwargs(args.model_kwargs)
+    baselines = [b for group in args.baseline for b in group.split(',')]
     settings = BenchSettings(
         device=args.device, dtype=args.dtype, batch_size=args.batch_size, img_size=args.img_size,
-        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode, reparam=args.reparam,
-        threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+        reparam=args.reparam, threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
         repeat_time=args.repeat_time, clock=args.clock, latency=not args.no_latency, train=not args.no_train,
-        memory=not args.no_memory, model_kwargs=parse_kwargs(args.model_kwargs))
-    baselines = [b for group in args.baseline for b in group.split(',')]
+        memory=not args.no_memory, model_kwargs=model_kwargs, gemm_peaks=not args.no_gemm_peaks)
     models = resolve_models(args.pattern, baselines)
 
     def progress(msg: str) -> None:

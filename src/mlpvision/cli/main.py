@@ -37,8 +37,13 @@ def _version() -> str:
     return __version__
 
 
-class CLIError(Exception):
-    """An error the CLI reports as one line (no traceback), exit status 2."""
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors mlpvision raises on purpose (bad options, data, checkpoints, a NaN loss), each with a message
+    naming the problem and its fix: the CLI prints them as one line and exits with status 2. Anything else (a
+    ``RuntimeError`` from torch, a ``ValueError`` mlpvision did not raise itself, a bug) keeps its traceback."""
+    from mlpvision.errors import MlpvisionError  # CheckpointError and UsageError included
+
+    return (MlpvisionError,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as e:
+    except expected_errors() as e:
         print(f'mlpvision {args.command}: error: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:

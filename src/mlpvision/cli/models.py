@@ -14,12 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mlpvision.errors import UsageError
     from mlpvision.model_table import format_rows, model_rows
     from mlpvision.models import list_models
 
     names = list_models(args.pattern)
     if not names:
-        raise ValueError(f'no mlpvision model matches {args.pattern!r}; `mlpvision models` lists them all.')
+        raise UsageError(f'no mlpvision model matches {args.pattern!r}; `mlpvision models` lists them all.')
     if args.names_only:
         print('\n'.join(names))
         return 0

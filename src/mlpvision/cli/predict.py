@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
+from mlpvision.errors import UsageError
+
+from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
 
 HELP = 'predict the top-k labels of images with a checkpoint'
 
@@ -21,10 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.inference import load_for_inference, predict_images
 
     apply_threads(args.threads)
+    check_model_arg(args.model)
     if args.topk < 1:
-        raise ValueError(f'--topk must be at least 1, got {args.topk}')
-    loaded = load_for_inference(args.checkpoint, args.model, parse_kwargs(args.model_kwargs), args.ema, args.reparam,
-                                args.img_size, args.crop_pct, args.interpolation)
+        raise UsageError(f'--topk must be at least 1, got {args.topk}')
+    loaded = load_for_inference(args.checkpoint, args.model, parse_model_kwargs(args.model_kwargs), args.ema,
+                                args.reparam, args.img_size, args.crop_pct, args.interpolation)
     preds, skipped = predict_images(loaded, args.images, args.topk, args.batch_size, args.device, args.skip_corrupt)
     width = max(len(p.path) for p in preds) if preds else 0
     for p in preds:

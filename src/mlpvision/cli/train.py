@@ -12,7 +12,7 @@ import argparse
 import os
 import typing
 
-from ._common import parse_kwargs
+from ._common import MODEL_KWARGS_HELP, parse_model_kwargs
 
 HELP = 'train a model on a dataset with a paper recipe (or your options)'
 
@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif origin is list:
             g.add_argument(*flags, dest=f.name, type=float, nargs='+', default=None, help=help_)
-        elif origin is dict:
-            g.add_argument(*flags, dest=f.name, nargs='*', metavar='KEY=VALUE', default=None, help=help_)
+        elif origin is dict:  # model_kwargs, the only mapping option: the syntax every subcommand shares
+            g.add_argument(*flags, dest=f.name, nargs='*', metavar='KEY=VALUE', default=None, help=MODEL_KWARGS_HELP)
         else:
             g.add_argument(*flags, dest=f.name, type=origin, default=None, help=help_)
 
@@ -68,7 +68,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         v = getattr(args, f.name, None)
         if v is None:
             continue
-        out[f.name] = parse_kwargs(v) if f.name == 'model_kwargs' else v
+        out[f.name] = parse_model_kwargs(v) if f.name == 'model_kwargs' else v
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._common import add_device_args, add_model_args, apply_threads, parse_kwargs
+from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
 
 HELP = 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'
 
@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.inference import validate_checkpoint
 
     apply_threads(args.threads)
+    check_model_arg(args.model)
     v = validate_checkpoint(
         args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir, model=args.model,
-        model_kwargs=parse_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
+        model_kwargs=parse_model_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
         batch_size=args.batch_size, workers=args.workers, device=args.device, output_dir=args.output,
         skip_corrupt=args.skip_corrupt, download=args.download, img_size=args.img_size, crop_pct=args.crop_pct,
         interpolation=args.interpolation, progress=sys.stderr.isatty())

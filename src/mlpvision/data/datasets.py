@@ -20,6 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
+
 __all__ = ['DATASETS', 'DatasetError', 'CorruptImageError', 'DatasetInfo', 'build_dataset', 'ImageFileDataset',
            'ArrayDataset', 'scan_image_folder', 'caltech101_split', 'digits_arrays', 'IMG_EXTENSIONS',
            'worker_error_message', 'load_image']
@@ -39,7 +41,7 @@ CALTECH_TRAIN_FRACTION = 0.8
 CALTECH_EXCLUDED = ('BACKGROUND_Google',)  # not an object class; the 101-class configs leave it out
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A dataset is missing, empty, unknown or unreadable; the message says which and how to fix it."""
 
 

@@ -11,6 +11,8 @@ from PIL import Image
 from timm.data import create_transform
 from torchvision import transforms as T
 
+from ..errors import UsageError
+
 __all__ = ['DataConfig', 'resolve_data_config', 'build_transform', 'ToMode']
 
 
@@ -49,7 +51,7 @@ def _fit_channels(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
         return (sum(values) / len(values),)
     if len(values) == 1:
         return values * in_chans
-    raise ValueError(f'mean/std have {len(values)} values but the model takes {in_chans} channels; give {in_chans}.')
+    raise UsageError(f'mean/std have {len(values)} values but the model takes {in_chans} channels; give {in_chans}.')
 
 
 def resolve_data_config(
@@ -112,7 +114,7 @@ class ToMode:
 
     def __init__(self, in_chans: int) -> None:
         if in_chans not in (1, 3):
-            raise ValueError(f'images can be fed as 1 or 3 channels, not {in_chans}.')
+            raise UsageError(f'images can be fed as 1 or 3 channels, not {in_chans}.')
         self.mode = 'L' if in_chans == 1 else 'RGB'
 
     def __call__(self, img: Image.Image) -> Image.Image:
@@ -146,7 +148,7 @@ def build_transform(
             of zero padding: the CIFAR recipe of the Swin-based codebases at 32 px).
     """
     if train_crop not in ('rrc', 'pad'):
-        raise ValueError(f"train_crop must be 'rrc' or 'pad', got {train_crop!r}.")
+        raise UsageError(f"train_crop must be 'rrc' or 'pad', got {train_crop!r}.")
     aa = None if auto_augment in (None, '', 'none') else auto_augment
     if aa is not None:
         _posterize_zero_bits_fix()

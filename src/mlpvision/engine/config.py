@@ -24,9 +24,10 @@ from typing import Any
 import yaml
 
 from ..data.datasets import DATASETS
+from ..errors import UsageError
 
 __all__ = ['TrainConfig', 'load_recipe', 'find_recipe', 'recipe_dir', 'list_recipes', 'make_config',
-           'scaled_lrs', 'config_fields', 'RECIPE_META_KEYS']
+           'scaled_lrs', 'config_fields', 'check_model_name', 'RECIPE_META_KEYS']
 
 RECIPE_META_KEYS = ('description', 'source', 'sources', 'notes')
 OPTIMIZERS = ('adamw', 'lamb', 'sgd', 'momentum', 'adam', 'lars', 'rmsprop')
@@ -73,7 +74,8 @@ class TrainConfig:
     pin_memory: bool = _f(True, 'pin host memory (CUDA only)')
     # model
     model: str = _f('resmlp_s12', 'a registered mlpvision model (`mlpvision models --names-only`)')
-    model_kwargs: dict = _f({}, 'extra constructor arguments (KEY=VALUE ...), e.g. embed_dim=128 depth=4')
+    model_kwargs: dict = _f({}, 'extra constructor arguments: KEY=VALUE pairs, values read as Python literals, '
+                                'e.g. embed_dim=128 depth=4')
     drop_rate: float | None = _f(None, "dropout rate (default: the model's)")
     drop_path_rate: float | None = _f(None, "stochastic depth rate (default: the model's)")
     finetune: str | None = _f(None, 'initialise from this checkpoint (ours or official); a head of another size '
@@ -133,7 +135,7 @@ class TrainConfig:
         def one_of(name: str, allowed: tuple) -> None:
             v = getattr(self, name)
             if v not in allowed:
-                raise ValueError(f'unknown {name.replace("_", " ")} {v!r}; choose one of {", ".join(allowed)}')
+                raise UsageError(f'unknown {name.replace("_", " ")} {v!r}; choose one of {", ".join(allowed)}')
         one_of('dataset', DATASETS)
         one_of('sched', SCHEDULES)
         one_of('amp', AMP)
@@ -142,15 +144,17 @@ class TrainConfig:
         one_of('mixup_mode', ('batch', 'pair', 'elem'))
         for name in ('batch_size', 'epochs', 'lr_base_size'):
             if getattr(self, name) <= 0:
-                raise ValueError(f'{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
+                raise UsageError(f'{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
         if self.val_batch_size is not None and self.val_batch_size <= 0:
-            raise ValueError(f'val-batch-size must be positive, got {self.val_batch_size}')
+            raise UsageError(f'val-batch-size must be positive, got {self.val_batch_size}')
         if self.lr <= 0:
-            raise ValueError(f'lr must be positive, got {self.lr}')
+            raise UsageError(f'lr must be positive, got {self.lr}')
+        if not 0 <= self.seed < 2 ** 31:  # numpy takes seeds below 2**32; the rank (and a step count) are added
+            raise UsageError(f'seed must be between 0 and 2**31 - 1, got {self.seed}')
         if self.workers < 0:
-            raise ValueError(f'workers must be >= 0, got {self.workers}')
+            raise UsageError(f'workers must be >= 0, got {self.workers}')
         if self.mixup_active and self.mixup_mode == 'batch' and self.batch_size % 2:
-            raise ValueError(f'mixup/cutmix need an even batch size per process, got {self.batch_size}')
+            raise UsageError(f'mixup/cutmix need an even batch size per process, got {self.batch_size}')
         return self
 
     @property
@@ -171,6 +175,16 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def check_model_name(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is a registered mlpvision model (with the closest names)."""
+    from ..models import is_model, list_models
+
+    if not is_model(name):
+        close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
+        hint = f'; closest: {", ".join(close)}' if close else ''
+        raise UsageError(f'unknown model {name!r}{hint} (`mlpvision models --names-only` lists them)')
+
+
 def config_fields() -> list[tuple[dataclasses.Field, Any]]:
     """(field, resolved type) of every option, in declaration order."""
     hints = typing.get_type_hints(TrainConfig)
@@ -183,7 +197,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if value is None:
         if type(None) in args:
             return None
-        raise ValueError(f'{name} cannot be empty')
+        raise UsageError(f'{name} cannot be empty')
     base = next((a for a in args if a is not type(None)), tp) if args and type(None) in args else tp
     origin = typing.get_origin(base) or base
     try:
@@ -211,7 +225,7 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError
             return dict(value)
     except (TypeError, ValueError):
-        raise ValueError(f'{name} must be {getattr(base, "__name__", base)}, got {value!r}') from None
+        raise UsageError(f'{name} must be {getattr(base, "__name__", base)}, got {value!r}') from None
     return value
 
 
@@ -221,7 +235,7 @@ def _check_keys(keys: typing.Iterable[str], where: str) -> None:
         if k not in names and k not in RECIPE_META_KEYS:
             close = difflib.get_close_matches(k, names, n=3)
             hint = f' (did you mean {", ".join(close)}?)' if close else ''
-            raise ValueError(f'unknown option {k!r} in {where}{hint}')
+            raise UsageError(f'unknown option {k!r} in {where}{hint}')
 
 
 def recipe_dir() -> Path:
@@ -243,7 +257,7 @@ def find_recipe(name_or_path: str) -> Path:
             if cand.is_file():
                 return cand
     known = list_recipes()
-    raise ValueError(f'recipe {name_or_path!r} not found (not a file, and not one of: '
+    raise UsageError(f'recipe {name_or_path!r} not found (not a file, and not one of: '
                      f'{", ".join(known) or "none found in " + str(recipe_dir())})')
 
 
@@ -253,9 +267,9 @@ def load_recipe(name_or_path: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f'recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}') from None
+        raise UsageError(f'recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}') from None
     if not isinstance(data, dict):
-        raise ValueError(f'recipe {str(path)!r} must be a mapping of option: value')
+        raise UsageError(f'recipe {str(path)!r} must be a mapping of option: value')
     _check_keys(data, f'recipe {str(path)!r}')
     opts = {k: v for k, v in data.items() if k not in RECIPE_META_KEYS}
     opts['recipe'] = str(path)

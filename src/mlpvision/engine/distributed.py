@@ -2,6 +2,11 @@
 
 No ``--local_rank`` argument: torch >= 2 launchers pass ``--local-rank`` or nothing, which is why the official
 Swin-based scripts break or put every rank on GPU 0. The backend is NCCL on CUDA and gloo on CPU.
+
+Not ``timm.utils.init_distributed_device``: ours also resolves ``device='auto'``, reports a missing GPU as a
+one-line :class:`~mlpvision.errors.UsageError` (timm asserts), joins a process group the caller already started
+instead of starting a second one, binds the NCCL group to this process's GPU (``device_id``) and works with every
+timm version the package accepts (timm >= 1.0.9).
 """
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..errors import UsageError
 
 __all__ = ['DistInfo', 'init_distributed', 'destroy_distributed', 'all_reduce_sum', 'barrier', 'resolve_device']
 
@@ -36,12 +43,15 @@ def resolve_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if device == 'cuda':
         device = f'cuda:{local_rank}'
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
-            raise ValueError(f'device {device!r} requested but CUDA is not available; use --device cpu')
+            raise UsageError(f'device {device!r} requested but CUDA is not available; use --device cpu')
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f'device {device!r} requested but only {torch.cuda.device_count()} GPUs are visible')
+            raise UsageError(f'device {device!r} requested but only {torch.cuda.device_count()} GPUs are visible')
         torch.cuda.set_device(dev)
     return dev
 

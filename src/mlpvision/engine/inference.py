@@ -26,6 +26,7 @@ from ..data.datasets import (
 )
 from ..data.loader import create_eval_loader
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
+from ..errors import UsageError
 from ..models import create_model
 from .checkpoint import load_checkpoint_file
 from .distributed import resolve_device
@@ -100,7 +101,7 @@ def load_for_inference(
         raise CheckpointError(f'checkpoint {path!r} holds no weights')
     if model is None:
         if meta is None:
-            raise ValueError(f'checkpoint {path!r} does not name its model (official checkpoints do not); pass '
+            raise UsageError(f'checkpoint {path!r} does not name its model (official checkpoints do not); pass '
                              f'--model NAME (`mlpvision models --names-only` lists them)')
         model = meta['model_name']
     kwargs: dict[str, Any] = dict(meta['model_kwargs']) if meta and model == meta['model_name'] else {}
@@ -181,7 +182,7 @@ def validate_checkpoint(
     cfg = (loaded.meta or {}).get('config') or {}
     dataset = dataset or cfg.get('dataset')
     if dataset is None:
-        raise ValueError('pass --dataset (and --data-dir): the checkpoint does not say which dataset it was trained '
+        raise UsageError('pass --dataset (and --data-dir): the checkpoint does not say which dataset it was trained '
                          'on')
     same = dataset == cfg.get('dataset')
     data_dir = data_dir or (cfg.get('data_dir') if same else None)

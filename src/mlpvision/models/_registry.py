@@ -18,6 +18,7 @@ from timm.models import generate_default_cfgs
 from timm.models import register_model as _timm_register_model
 
 from .._checkpoint import load_checkpoint
+from ..errors import UsageError
 
 __all__ = ['register_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint', 'model_family',
            'ModelMeta', 'generate_cfgs', 'model_meta']
@@ -46,10 +47,10 @@ def model_family(name: str) -> str:
     return _MODEL_NAMES[name.split('.', 1)[0]]
 
 
-def _unknown_model_error(name: str) -> ValueError:
+def _unknown_model_error(name: str) -> UsageError:
     close = difflib.get_close_matches(name, list(_MODEL_NAMES), n=5, cutoff=0.5)
     hint = f' Closest: {", ".join(close)}.' if close else ''
-    return ValueError(
+    return UsageError(
         f'Unknown mlpvision model {name!r}.{hint} '
         f'`mlpvision.list_models()` or `mlpvision models` lists all {len(_MODEL_NAMES)}.'
     )
