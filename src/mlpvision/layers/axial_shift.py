@@ -31,11 +31,7 @@ __all__ = ['AxialShift', 'axial_shift', 'shift_offsets', 'PAD_MODES', 'SHIFT_IMP
 
 PAD_MODES = ('zero', 'circular', 'reflect', 'replicate')
 SHIFT_IMPLS = ('slice', 'conv')
-# Measured on the project's shared 2-core CPU (torch 2.15, other jobs running), 8x96x56x56 float32, the W- and the
-# H-shift of one map, 100 interleaved runs on 1 thread, best run / median CPU time: forward slice 1.8 / 2.4 ms, one-hot
-# conv 3.7 / 4.3 ms, roll (Algorithm 1) 3.2 / 3.8 ms; forward + backward 9.0 / 7.1, 14.7 / 11.3 and 20.1 / 14.2 ms.
-# On 2 threads the load (about 14 on 2 cores) blurred the ranking: forward best 1.25 vs 1.19 ms, forward + backward
-# best 17 vs 23 ms. Slicing is also the one that stays exact under autocast and TF32, so it is the default.
+# slicing: the fastest of the three on one CPU thread (docs/benchmarks.md) and exact under autocast and TF32
 DEFAULT_IMPL = 'slice'
 
 

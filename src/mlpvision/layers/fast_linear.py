@@ -2,8 +2,11 @@
 
 PyTorch runs an fp32 ``F.linear`` on CPU as a BLAS sgemm (MKL in the official wheels). PyTorch also ships oneDNN,
 whose matmul is what its bf16 path and inductor's CPU fusions use, and which can apply the activation in the same
-pass. On the machine of ``docs/benchmarks.md`` (AMD EPYC, AVX-512) oneDNN runs the fp32 GEMMs of an MLP block about
-twice as fast as MKL (ResMLP-S12's fc1 at batch 8, one thread: 115 vs 55 GMAC/s).
+pass; on the machine of ``docs/benchmarks.md`` it runs the fp32 GEMMs of an MLP block faster than MKL (figures there,
+"Why the layers do what they do").
+
+The model files do not call these functions: they use the layer modules of :mod:`mlpvision.layers.linear`
+(``Linear``, ``PointwiseConv``, ``GroupedLinear``, ``Mlp``), which run through them.
 
 :func:`linear` takes the oneDNN path only where it needs nothing else: a CPU input and weight, no autograd
 (``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require grad), not while ``torch.compile``
@@ -18,8 +21,8 @@ ops). Two cases are covered:
 
 In both cases the weight is kept between calls in oneDNN's blocked layout for the current input shape (remade when
 the parameter changes in place or is replaced, or the input shape changes), which saves the reorder oneDNN makes on
-every call otherwise (3% to 10% of a whole model at batch 8). This keeps one such copy of every weight the path has
-seen per dtype it ran in: the weight's size in float32, half in bf16; it goes when the parameter does.
+every call otherwise (a few per cent of a whole model; docs/benchmarks.md). This keeps one such copy of every weight
+the path has seen per dtype it ran in: the weight's size in float32, half in bf16; it goes when the parameter does.
 
 Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
 when there is no activation).
@@ -35,6 +38,8 @@ zero-padded convolution on a channels-last map with the activation fused (Hire-M
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -42,12 +47,13 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
-           'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active']
+           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
 _bf16_copies = WeakIdKeyDictionary()  # parameter -> ((its _version, data_ptr) when copied, bf16 copy)
 _packed_weights = WeakIdKeyDictionary()  # weight (or the tensor it views) -> {dtype: (key, packed copy)}
+_derived = weakref.WeakKeyDictionary()  # module -> {name of the function: (key of its inputs, derived tensors)}
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -124,7 +130,7 @@ def _packed(weight: torch.Tensor, dtype: torch.dtype, kind: str, hint: tuple) ->
     """``weight`` in ``dtype`` and in oneDNN's blocked layout for inputs described by ``hint`` (a linear's rows, a
     conv's input shape and geometry), kept until the weight changes in place or another ``hint`` comes; for an
     inference tensor (no version counter) cast only. Pre-packing saves the reorder oneDNN otherwise makes on every
-    call: 5% to 25% of a 1x1 conv or linear at batch 8 on the machine of docs/benchmarks.md. One packed copy per
+    call (docs/benchmarks.md, "Why the layers do what they do"). One packed copy per
     weight and dtype is kept (float32 and bf16 runs of one model, as in a benchmark, do not evict each other)."""
     if weight.is_inference():
         return weight.to(dtype)
@@ -181,8 +187,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
     ``x`` is (N, G, K), ``weight`` (G, M, K) and ``bias`` (G, M) or None; returns (N, G, M). This is the grouped 1x1
     convolution on a (N, G*K, 1, 1) map that RepMLP's FCs are written as, run as one (G = 1: :func:`linear`) or G
-    batched matrix products: oneDNN's convolution handles a 1x1 map with many channels poorly (RepMLPNet-T224's
-    3136 x 3136 FC at 512 rows ran at 32 GMAC/s, its 16-group 196 x 196 FC at a few GMAC/s).
+    batched matrix products: oneDNN's convolution handles a 1x1 map with many channels poorly (docs/benchmarks.md).
     """
     n, g, k = x.shape
     m = weight.shape[1]
@@ -225,9 +230,8 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
 
     When ``x`` is stored channels-last and the oneDNN path applies (as for :func:`linear`: CPU, no autograd, float32
     or bf16 autocast), the conv runs as oneDNN's convolution with the activation (GELU, ReLU) or, without one, the
-    residual sum fused; the result is stored channels-last. (On the machine of ``docs/benchmarks.md`` that is 1.2x
-    to 2x faster than the conv followed by a separate activation; oneDNN's inner product was slower than its
-    convolution for these shapes.) Otherwise it is ``act(conv(x)) + residual``.
+    residual sum fused; the result is stored channels-last (faster than the conv and a separate activation pass, and
+    than oneDNN's inner product for these shapes; docs/benchmarks.md). Otherwise it is ``act(conv(x)) + residual``.
     """
     dtype = _conv_dtype(x, conv.weight, conv.bias, residual) if _is_pointwise_conv(conv) else None
     if dtype is not None:
@@ -278,13 +282,26 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return y if residual is None else residual + y
 
 
-def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The forward of a timm ``Mlp`` (fc1, act, drop1, norm, fc2, drop2; channels last) through :func:`linear`."""
-    if not isinstance(mlp.fc1, nn.Linear):  # the 1x1-conv form (use_conv=True) keeps its own forward
-        return mlp(x)
-    x = linear(x, mlp.fc1.weight, mlp.fc1.bias, mlp.act)
-    x = mlp.norm(mlp.drop1(x))
-    return mlp.drop2(linear(x, mlp.fc2.weight, mlp.fc2.bias))
+def mlp_forward(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + mlp(x)`` for a timm ``Mlp`` (fc1, act, drop1, norm, fc2, drop2), its layers through
+    :func:`linear` / :func:`conv1x1`; ``residual`` None adds nothing. Dropout and norm run as in ``Mlp.forward``.
+
+    The linear form takes (..., C). The 1x1-conv form (``use_conv=True``) takes a (B, C, H, W) map
+    (:func:`conv_mlp_forward`) or a (B, C) vector, read as a 1x1 map and run as linear layers (oneDNN's convolution
+    is slow on 1x1 maps), which returns (B, out).
+    """
+    if isinstance(mlp.fc1, nn.Conv2d) and x.dim() != 2:
+        return conv_mlp_forward(mlp, x, residual)
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    w1 = fc1.weight if isinstance(fc1, nn.Linear) else fc1.weight.flatten(1)
+    x = mlp.drop1(linear(x, w1, fc1.bias, mlp.act))
+    x = mlp.norm(x)
+    w2 = fc2.weight if isinstance(fc2, nn.Linear) else fc2.weight.flatten(1)
+    if residual is None:
+        return mlp.drop2(linear(x, w2, fc2.bias))
+    if mlp.training and mlp.drop2.p > 0:
+        return residual + mlp.drop2(linear(x, w2, fc2.bias))
+    return linear(x, w2, fc2.bias, residual=residual)
 
 
 def conv_mlp_forward(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -299,3 +316,27 @@ def conv_mlp_forward(mlp: nn.Module, x: torch.Tensor, residual: torch.Tensor | N
         y = mlp.drop2(conv1x1(x, mlp.fc2))
         return y if residual is None else residual + y
     return conv1x1(x, mlp.fc2, residual=residual)
+
+
+def derived_weights(owner: nn.Module, params: tuple[torch.Tensor | None, ...],
+                    make: Callable[..., tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...]:
+    """``make(*params)`` (tensors derived from ``owner``'s parameters: a reordering, a fold), kept between calls
+    until one of ``params`` is replaced or changes in place, so that the oneDNN paths keep their packed copies of the
+    result too. Made afresh on every call while autograd must see the derivation or ``torch.compile`` traces.
+
+    The copies live outside the module (not state, not copied with it) and go with it; one set per ``owner`` and
+    ``make`` (by name).
+    """
+    if (torch.compiler.is_compiling() or
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)):
+        return make(*params)
+    key = tuple(None if t is None else (id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in params)
+    entries = _derived.get(owner)
+    if entries is None:
+        entries = _derived[owner] = {}
+    entry = entries.get(make.__name__)
+    if entry is None or entry[0] != key:
+        # plain tensors the packed copies can follow (inference_mode(False) alone would turn grad mode back on)
+        with torch.inference_mode(False), torch.no_grad():
+            entry = entries[make.__name__] = (key, make(*params))
+    return entry[1]

@@ -29,7 +29,6 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import model_name  # defined low in the layers: the checkpoint loader names models too
-from ..layers.fast_linear import conv_mlp_forward
 
 __all__ = ['BackboneBase', 'PyramidNet', 'IsotropicNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input',
            'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
@@ -163,12 +162,12 @@ class SequentialStage(nn.Module):
 
 def prenorm_residual_forward(block: nn.Module, mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x + DP(mixer(norm1(x)))``, then ``x + DP(mlp(norm2(x)))`` for a block with ``norm1``, ``norm2``,
-    ``drop_path`` and a timm ``Mlp`` of 1x1 convs as ``mlp``; ``mixer`` accepts ``residual=``. Without stochastic
-    depth the residual sums go into the mixer's and the MLP's last convs (fused there on the channels-last CPU
-    inference path of :mod:`mlpvision.layers.fast_linear`)."""
+    ``drop_path``, a :class:`mlpvision.layers.Mlp` as ``mlp`` and a :class:`mlpvision.layers.ProjectedMixer` as
+    ``mixer``. Without stochastic depth the residual sums are handed to them as ``shortcut``, which they add inside
+    their last layer (fused into oneDNN's conv in CPU inference)."""
     if isinstance(block.drop_path, nn.Identity) or not block.training:
-        x = mixer(block.norm1(x), residual=x)
-        return conv_mlp_forward(block.mlp, block.norm2(x), residual=x)
+        x = mixer(block.norm1(x), shortcut=x)
+        return block.mlp(block.norm2(x), shortcut=x)
     x = x + block.drop_path(mixer(block.norm1(x)))
     return x + block.drop_path(block.mlp(block.norm2(x)))
 

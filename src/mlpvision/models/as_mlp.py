@@ -37,7 +37,7 @@ Deviations from the official code:
   before the head;
 * the feature maps are stored channels-last after the stem (``channels_last=True``; same values): the 1x1 convs then
   run in CPU inference as oneDNN convolutions with the GELU or the residual sum fused
-  (:func:`mlpvision.layers.fast_linear.conv1x1`): 1.4x the official's fp32 speed, 2.8x in bf16 (docs/benchmarks.md);
+  (:class:`mlpvision.layers.PointwiseConv`, :class:`mlpvision.layers.Mlp`; speed in docs/benchmarks.md);
   ``channels_last=False`` keeps NCHW storage and plain convs;
 * there is nothing to re-parameterise: ``deploy=True`` is accepted and builds the same model.
 """
@@ -47,12 +47,12 @@ import re
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, GroupNorm1, Mlp, trunc_normal_
+from timm.layers import DropPath, GroupNorm1, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
+from ..layers import Mlp, PointwiseConv, ProjectedMixer
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
-from ..layers.fast_linear import conv1x1
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -62,7 +62,7 @@ _OFFICIAL = 'svip-lab/AS-MLP@dd1eb4f768f46fdf7c8522fd535ea9e15f664fae:models/as_
 CONNECTIONS = ('parallel', 'serial')
 
 
-class AxialShiftMLP(nn.Module):
+class AxialShiftMLP(ProjectedMixer):
     """The axial-shift token mixer (official ``AxialShift``). Input and output (B, C, H, W).
 
     ``connection='parallel'`` (released)::
@@ -74,7 +74,11 @@ class AxialShiftMLP(nn.Module):
     ``connection='serial'`` (the paper's ablation) chains the two branches, W first, with nothing summed::
 
         y = GELU(conv2_2(shift_H(GELU(conv2_1(shift_W(u))))))
+
+    The block's residual is added inside ``conv3`` (:class:`mlpvision.layers.ProjectedMixer`).
     """
+
+    proj_name = 'conv3'
 
     def __init__(
             self,
@@ -92,26 +96,24 @@ class AxialShiftMLP(nn.Module):
         if connection not in CONNECTIONS:
             raise ValueError(f'connection must be one of {CONNECTIONS}, got {connection!r}.')
         self.connection = connection
-        self.conv1 = nn.Conv2d(dim, dim, 1, bias=as_bias)
+        self.conv1 = PointwiseConv(dim, dim, bias=as_bias)
         self.norm1 = norm_layer(dim)
         self.act = act_layer()
         self.shift_w = AxialShift(dim, shift_size, dim=3, dilation=dilation, pad_mode=pad_mode, impl=shift_impl)
         self.shift_h = AxialShift(dim, shift_size, dim=2, dilation=dilation, pad_mode=pad_mode, impl=shift_impl)
-        self.conv2_1 = nn.Conv2d(dim, dim, 1, bias=as_bias)  # after the shift along W
-        self.conv2_2 = nn.Conv2d(dim, dim, 1, bias=as_bias)  # after the shift along H
+        self.conv2_1 = PointwiseConv(dim, dim, bias=as_bias)  # after the shift along W
+        self.conv2_2 = PointwiseConv(dim, dim, bias=as_bias)  # after the shift along H
         self.norm2 = norm_layer(dim)
-        self.conv3 = nn.Conv2d(dim, dim, 1, bias=as_bias)
+        self.conv3 = PointwiseConv(dim, dim, bias=as_bias)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The mixer's output, plus ``residual`` when given (summed inside the last conv where that is fused)."""
-        # conv1x1: a oneDNN conv with the activation fused when the map is channels-last (CPU inference)
-        x = self.act(self.norm1(conv1x1(x, self.conv1)))
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """``norm2(y)``, the input of ``conv3``."""
+        u = self.act(self.norm1(self.conv1(x)))
         if self.connection == 'parallel':
-            x = conv1x1(self.shift_w(x), self.conv2_1, self.act) + conv1x1(self.shift_h(x), self.conv2_2, self.act)
+            y = self.conv2_1(self.shift_w(u), act=self.act) + self.conv2_2(self.shift_h(u), act=self.act)
         else:
-            x = conv1x1(self.shift_w(x), self.conv2_1, self.act)
-            x = conv1x1(self.shift_h(x), self.conv2_2, self.act)
-        return conv1x1(self.norm2(x), self.conv3, residual=residual)
+            y = self.conv2_2(self.shift_h(self.conv2_1(self.shift_w(u), act=self.act)), act=self.act)
+        return self.norm2(y)
 
 
 class AxialShiftedBlock(nn.Module):
@@ -151,7 +153,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, out_dim: int, norm_layer: type[nn.Module] = GroupNorm1) -> None:
         super().__init__()
         self.norm = norm_layer(4 * dim)
-        self.reduction = nn.Conv2d(4 * dim, out_dim, 1, bias=False)
+        self.reduction = PointwiseConv(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -167,7 +169,7 @@ class PatchMerging(nn.Module):
         else:
             x = x.reshape(b, c, h // 2, 2, w // 2, 2)  # B, C, H/2, dy, W/2, dx
             x = x.permute(0, 5, 3, 1, 2, 4).reshape(b, 4 * c, h // 2, w // 2)  # B, dx*dy*C, H/2, W/2
-        return conv1x1(self.norm(x), self.reduction)
+        return self.reduction(self.norm(x))
 
 
 class ASMLPStage(SequentialStage):
@@ -243,7 +245,7 @@ class ASMLP(PyramidNet):
             drop_path_rate: stochastic depth of the last block; it grows linearly from 0 over all blocks.
             channels_last: store the feature maps channels-last after the stem (same values; the 1x1 convs then
                 run as oneDNN convolutions fused with their activation or residual sum in CPU inference,
-                :func:`mlpvision.layers.fast_linear.conv1x1`). Features come out channels-last.
+                :class:`mlpvision.layers.PointwiseConv`). Features come out channels-last.
             deploy: accepted for the common interface; AS-MLP has no re-parameterisable part.
         """
         super().__init__()
@@ -293,7 +295,7 @@ class ASMLP(PyramidNet):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.channels_last:  # channels-last from here on, the stem conv included (see conv1x1)
+        if self.channels_last:  # channels-last from here on, the stem conv included (see PointwiseConv)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.pos_drop(self.stem(x))
 

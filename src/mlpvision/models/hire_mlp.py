@@ -44,8 +44,9 @@ Deviations from the official code:
   branch (unless a 'zero' pad mode makes that inexact);
 * the feature maps are stored channels-last after the stem (``channels_last=True``; same values): the 1x1 convs
   then run in CPU inference as oneDNN convolutions with ReLU / GELU or the residual sum fused
-  (:func:`mlpvision.layers.fast_linear.conv1x1`), and the split-attention weights are applied in the branches'
-  dtype under autocast (docs/benchmarks.md has the figures); ``channels_last=False`` keeps NCHW storage;
+  (:class:`mlpvision.layers.PointwiseConv`, :class:`mlpvision.layers.Mlp`), and the split-attention weights are
+  applied in the branches' dtype under autocast (docs/benchmarks.md has the figures); ``channels_last=False`` keeps
+  NCHW storage;
 
 MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
 also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
@@ -53,18 +54,26 @@ also counts two flops per element of every eval-mode BatchNorm, which accounts f
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
-from ..layers.conv_bn import ConvBN
-from ..layers.fast_linear import conv1x1, dispatch_mode_active, linear, pointwise_conv
+from ..layers import (
+    ConvBN,
+    Mlp,
+    PointwiseConv,
+    ProjectedMixer,
+    autocast_input,
+    derived_weights,
+    mean_hw,
+    pointwise_conv,
+    pointwise_conv_mean,
+)
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._registry import ModelMeta, generate_cfgs, register_model
@@ -120,25 +129,12 @@ def shift(x: torch.Tensor, step: int, dim: int, mode: str) -> torch.Tensor:
     return x.narrow(dim, 0, size)  # B, C, H, W
 
 
-def _mean_hw(x: torch.Tensor) -> torch.Tensor:
-    """The mean of a (B, C, H, W) map over H and W, (B, C). For bf16 a bf16 sum (float accumulation inside) divided
-    by H * W: torch's bf16 mean first copies the map to float32 (4x slower on an (8, 64, 56, 56) channels-last map,
-    162 vs 38 us); the result is rounded twice instead of once (a relative error within 2 ** -8)."""
-    if x.dtype == torch.bfloat16:
-        return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
-    return x.mean((2, 3))
-
-
 def _conv1x1_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A biased 1x1 conv holding ``weight`` (out, in) and ``bias``."""
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
     conv.weight.copy_(weight.reshape(conv.weight.shape))
     conv.bias.copy_(bias)
     return conv
-
-
-# RegionMlp -> (key, its fc weights reordered region-major): a cache outside the modules (not state, not copied)
-_REGION_MAJOR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class RegionMlp(nn.Module):
@@ -198,8 +194,7 @@ class RegionMlp(nn.Module):
         n = x.shape[self.dim] // p  # regions along the axis
         mean = None
         if x.is_contiguous(memory_format=torch.channels_last):
-            # (not while mlpvision.profile counts MACs: the papers count the split attention's plain mean)
-            x, mean = self._mix_channels_last(x, n, want_mean and size % p == 0 and not dispatch_mode_active())
+            x, mean = self._mix_channels_last(x, n, want_mean and size % p == 0)
         else:
             x = self._mix_nchw(x, n)
         x = x.narrow(self.dim, 0, size)  # B, C, H, W
@@ -260,9 +255,9 @@ class RegionMlp(nn.Module):
             x = pointwise_conv(x, w1, b1, self.act)
         else:
             x = self.act(self.norm(pointwise_conv(x, w1, b1)))
-        mean = None
-        if want_mean:  # fc2 is affine: the mean of its output is fc2 of the mean of its input
-            mean = F.linear(_mean_hw(x), w2.flatten(1), b2).reshape(b, p, c).mean(1)  # B, C
+        mean = pointwise_conv_mean(x, w2, b2) if want_mean else None  # B, p*C (or None while MACs are counted)
+        if mean is not None:
+            mean = mean.reshape(b, p, c).mean(1)  # B, C
         x = pointwise_conv(x, w2, b2).permute(0, 2, 3, 1)  # B, H'/p, W, p*C or B, H, W'/p, p*C
         if self.dim == 2:
             x = x.reshape(b, n, w, p, c).transpose(2, 3).reshape(b, n * p, w, c)  # B, H', W, C
@@ -271,19 +266,9 @@ class RegionMlp(nn.Module):
         return x.permute(0, 3, 1, 2), mean  # B, C, H', W'
 
     def _region_major_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """fc1's input and fc2's output channels reordered from ``c * p + i`` to ``i * C + c``. Kept between calls
-        (remade when a parameter changes) unless autograd must see the reordering."""
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-        if (torch.compiler.is_compiling() or
-                torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)):
-            return self._reorder(*params)
-        key = tuple(None if t is None else (id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in params)
-        entry = _REGION_MAJOR.get(self)
-        if entry is None or entry[0] != key:
-            with torch.no_grad(), torch.inference_mode(False):  # plain tensors: fast_linear keeps their packed form
-                entry = (key, self._reorder(*params))
-            _REGION_MAJOR[self] = entry
-        return entry[1]
+        """fc1's input and fc2's output channels reordered from ``c * p + i`` to ``i * C + c`` (kept between calls
+        until a parameter changes)."""
+        return derived_weights(self, (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias), self._reorder)
 
     def _reorder(self, w1, b1, w2, b2):
         p = self.region_size
@@ -293,8 +278,11 @@ class RegionMlp(nn.Module):
         w2 = w2.reshape(c, p, hidden).transpose(0, 1).reshape(cp, hidden, 1, 1)
         return w1, b1, w2, b2.reshape(c, p).t().reshape(cp)
 
-class HireMLP(nn.Module):
-    """The Hire module: h, w (and c) branches fused by split attention, then a 1x1 projection. Input (B, C, H, W)."""
+class HireMLP(ProjectedMixer):
+    """The Hire module: h, w (and c) branches fused by split attention, then a 1x1 projection. Input (B, C, H, W).
+
+    The block's residual is added inside ``proj`` (:class:`mlpvision.layers.ProjectedMixer`).
+    """
 
     def __init__(self, dim: int, channel_branch: bool = True, proj_drop: float = 0., **region_kwargs) -> None:
         """
@@ -306,31 +294,26 @@ class HireMLP(nn.Module):
         super().__init__()
         self.mlp_h = RegionMlp(dim, 2, **region_kwargs)
         self.mlp_w = RegionMlp(dim, 3, **region_kwargs)
-        self.mlp_c = nn.Conv2d(dim, dim, 1) if channel_branch else None
+        self.mlp_c = PointwiseConv(dim, dim) if channel_branch else None
         self.num_branches = 3 if channel_branch else 2
         self.reweight = Mlp(dim, dim // 4, dim * self.num_branches, act_layer=nn.GELU, use_conv=True)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.proj = PointwiseConv(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The module's output, plus ``residual`` when given (summed inside the projection where that is fused)."""
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The branches weighted by the split attention, the input of ``proj``."""
         b, c = x.shape[:2]
-        if x.device.type in ('cpu', 'cuda') and torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
-            # every branch starts with a conv that autocast would feed this map in its lower precision: cast once
-            # here, so that the shifts, paddings and rearrangements before it move half the bytes (copies: exact)
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        # every branch starts with a conv that autocast feeds in its lower precision: cast once, before the copies
+        x = autocast_input(x)
         (h, mean_h), (w, mean_w) = self.mlp_h.forward_with_mean(x), self.mlp_w.forward_with_mean(x)
         branches, means = [h, w], [mean_h, mean_w]
         if self.mlp_c is not None:
-            branches.append(conv1x1(x, self.mlp_c))
+            branches.append(self.mlp_c(x))
             means.append(None)
         # the mean of the sum (B, C), from the region MLPs where they could give it cheaply
-        a = sum(_mean_hw(br) if m is None else m for br, m in zip(branches, means, strict=True))
-        # the reweight MLP's 1x1 convs on this (B, C, 1, 1) vector, as linear layers (oneDNN's convolution is slow
-        # on 1x1 maps); output channel c * n + k is branch k's logit for channel c
-        rw = self.reweight
-        a = rw.drop1(linear(a, rw.fc1.weight.flatten(1), rw.fc1.bias, rw.act))
-        a = rw.drop2(linear(rw.norm(a), rw.fc2.weight.flatten(1), rw.fc2.bias))
+        a = sum(mean_hw(br) if m is None else m for br, m in zip(branches, means, strict=True))
+        # the reweight MLP on this (B, C) vector (a 1x1 map); output channel c * n + k is branch k's logit for c
+        a = self.reweight(a)
         a = a.reshape(b, c, self.num_branches, 1, 1).softmax(dim=2)  # B, C, n, 1, 1
         # under autocast the branches are bf16 / fp16 and the weights float32: weighting in the branches' dtype
         # (rounded as the projection's input will be) keeps the elementwise passes in one dtype
@@ -339,10 +322,7 @@ class HireMLP(nn.Module):
         x = branches[0] * a[0]
         for k in range(1, self.num_branches):
             x = torch.addcmul(x, branches[k], a[k])  # x + branch * weight
-        if self.proj_drop.p > 0 and self.training:
-            x = self.proj_drop(self.proj(x))
-            return x if residual is None else residual + x
-        return conv1x1(x, self.proj, residual=residual)
+        return x
 
 
 class HireBlock(nn.Module):
@@ -389,7 +369,9 @@ class HireBlock(nn.Module):
             mixer.mlp_w.fold_input_affine(scale, shift)
             if mixer.mlp_c is not None:
                 c = mixer.mlp_c
-                mixer.mlp_c = _conv1x1_from(*fold_affine_into_next_linear(c.weight.flatten(1), c.bias, scale, shift))
+                weight, bias = fold_affine_into_next_linear(c.weight.flatten(1), c.bias, scale, shift)
+                c.weight.copy_(weight.reshape(c.weight.shape))
+                c.bias.copy_(bias)
             self.norm1 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -468,7 +450,7 @@ class HireMLPNet(PyramidNet):
             drop_path_rate: stochastic depth, rising linearly from 0 to this over all blocks (official).
             channels_last: store the feature maps channels-last after the stem (same values; the 1x1 convs then
                 run as oneDNN convolutions with activations and residual sums fused in CPU inference,
-                :func:`mlpvision.layers.fast_linear.conv1x1`). Features come out channels-last.
+                :class:`mlpvision.layers.PointwiseConv`). Features come out channels-last.
             deploy: build the re-parameterised inference form (every BatchNorm folded into a neighbouring conv where
                 that is exact; :class:`HireBlock`); ``mlpvision.reparameterize`` turns a trained model into it.
         """
@@ -528,7 +510,7 @@ class HireMLPNet(PyramidNet):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        if self.channels_last:  # the stem conv too runs faster on a channels-last input (2.4x, bf16, 8x3x224x224)
+        if self.channels_last:  # the stem conv too runs faster on a channels-last input (docs/benchmarks.md)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.stem(x)
 

@@ -66,8 +66,7 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
-from ..layers import ConvBN, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
-from ..layers.fast_linear import grouped_linear
+from ..layers import ConvBN, GroupedLinear, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -188,7 +187,8 @@ class RepMLP(nn.Module):
         self.gp = GlobalPerceptron(in_chs, self.parts, partition, gp_reduction, deploy) if use_gp else None
         hw = h * w
         if fc3_kernel is None:
-            self.fc3 = nn.Conv2d(in_chs * hw, out_chs * hw, 1, groups=groups, bias=deploy)
+            # a grouped FC from C*h*w to O*h*w: the official grouped 1x1 conv on (B * partitions, C*h*w, 1, 1)
+            self.fc3 = GroupedLinear(in_chs * hw, out_chs * hw, groups, bias=deploy)
             self.fc3_bn = nn.Identity() if deploy else nn.BatchNorm1d(out_chs * hw)
         else:
             # at deploy the Local Perceptron kernels are merged into this conv, so it takes the largest size
@@ -208,11 +208,8 @@ class RepMLP(nn.Module):
             parts = parts + self.gp(x)  # the partition's global vector on each of its pixels
         parts = parts.permute(0, 2, 4, 1, 3, 5).reshape(-1, c, h, w)  # B*(H/h)*(W/w), C, h, w
         if self.fc3_kernel is None:
-            # the grouped 1x1 conv on (B*parts, C*h*w, 1, 1) of the official code, as g batched matrix products
             g = self.fc3.groups
-            weight = self.fc3.weight.reshape(g, o * h * w // g, c * h * w // g)
-            bias = None if self.fc3.bias is None else self.fc3.bias.reshape(g, -1)
-            out = grouped_linear(parts.reshape(-1, g, c * h * w // g), weight, bias).reshape(-1, o * h * w)
+            out = self.fc3(parts.reshape(-1, g, c * h * w // g)).reshape(-1, o * h * w)  # B*parts, O*h*w
             out = self.fc3_bn(out).reshape(-1, o, h, w)  # B*parts, O, h, w
         else:
             out = self.fc3_bn(self.fc3(parts))  # B*parts, O, h, w
@@ -254,8 +251,12 @@ class RepMLP(nn.Module):
             return
         weight, bias = self.fused_fc3()
         old = self.fc3
-        self.fc3 = nn.Conv2d(old.in_channels, old.out_channels, weight.shape[-1], padding=weight.shape[-1] // 2,
-                             groups=self.groups, bias=True, device=weight.device, dtype=weight.dtype)
+        if self.fc3_kernel is None:
+            self.fc3 = GroupedLinear(old.in_channels, old.out_channels, self.groups, bias=True, device=weight.device,
+                                     dtype=weight.dtype)
+        else:
+            self.fc3 = nn.Conv2d(old.in_channels, old.out_channels, weight.shape[-1], padding=weight.shape[-1] // 2,
+                                 groups=self.groups, bias=True, device=weight.device, dtype=weight.dtype)
         self.fc3.weight.copy_(weight)
         self.fc3.bias.copy_(bias)
         self.fc3_bn = nn.Identity()

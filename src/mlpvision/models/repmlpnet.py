@@ -63,8 +63,7 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
-from ..layers import ConvBN, bn_scale_shift, conv_to_fc, pad_kernel
-from ..layers.fast_linear import grouped_linear, linear
+from ..layers import ConvBN, GroupedLinear, PointwiseConv, bn_scale_shift, conv_to_fc, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -87,17 +86,14 @@ class GlobalPerceptronGate(nn.Module):
 
     def __init__(self, channels: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc1 = PointwiseConv(channels, hidden)
         self.act = nn.ReLU()
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.fc2 = PointwiseConv(hidden, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        x = x.mean((2, 3))  # B, C
-        # the official 1x1 convs on the (B, C, 1, 1) average, as linear layers (oneDNN's convolution is slow on a
-        # 1x1 map: 12 ms for one 512 -> 128 gate at batch 8)
-        x = linear(x, self.fc1.weight.flatten(1), self.fc1.bias, self.act)
-        x = linear(x, self.fc2.weight.flatten(1), self.fc2.bias)
+        x = x.mean((2, 3))  # B, C: the official 1x1 convs run on this average as a 1x1 map
+        x = self.fc2(self.fc1(x, act=self.act))  # B, C
         return torch.sigmoid(x).reshape(b, c, 1, 1)
 
 
@@ -126,8 +122,8 @@ class RepMLPNetBlock(nn.Module):
         self.official_partition_order = official_partition_order
         self.gp = GlobalPerceptronGate(channels, channels // gp_reduction)
         hw = self.h * self.w
-        # one FC per share-set over the h*w pixels of a channel, as a grouped 1x1 conv on (N, S*h*w, 1, 1)
-        self.fc3 = nn.Conv2d(s * hw, s * hw, 1, groups=s, bias=deploy)
+        # one FC per share-set over the h*w pixels of a channel (official: a grouped 1x1 conv on (N, S*h*w, 1, 1))
+        self.fc3 = GroupedLinear(s * hw, s * hw, s, bias=deploy)
         self.fc3_bn = nn.Identity() if deploy else nn.BatchNorm2d(s)
         if not deploy:
             for k in self.local_kernels:
@@ -140,11 +136,7 @@ class RepMLPNetBlock(nn.Module):
         s, h, w = self.num_sharesets, self.h, self.w
         parts = x.reshape(b, c, hp, h, wp, w).permute(0, 2, 4, 1, 3, 5)  # B, H/h, W/w, C, h, w
         parts = parts.reshape(-1, s, h, w)  # B*(H/h)*(W/w)*C/S, S, h, w: S consecutive channels per sample
-        # fc3 (a grouped 1x1 conv on (N, S*h*w, 1, 1) in the official code) as S batched matrix products
-        hw = h * w
-        bias = None if self.fc3.bias is None else self.fc3.bias.reshape(s, hw)
-        out = grouped_linear(parts.reshape(-1, s, hw), self.fc3.weight.reshape(s, hw, hw), bias)
-        out = out.reshape(-1, s, h, w)  # B*parts*C/S, S, h, w
+        out = self.fc3(parts.reshape(-1, s, h * w)).reshape(-1, s, h, w)  # B*parts*C/S, S, h, w
         out = self.fc3_bn(out)
         if not self.deploy:
             for k in self.local_kernels:
@@ -183,7 +175,7 @@ class RepMLPNetBlock(nn.Module):
             return
         weight, bias = self.fused_fc3()
         n = self.fc3.in_channels
-        self.fc3 = nn.Conv2d(n, n, 1, groups=self.num_sharesets, bias=True, device=weight.device, dtype=weight.dtype)
+        self.fc3 = GroupedLinear(n, n, self.num_sharesets, bias=True, device=weight.device, dtype=weight.dtype)
         self.fc3.weight.copy_(weight)
         self.fc3.bias.copy_(bias)
         self.fc3_bn = nn.Identity()

@@ -20,7 +20,7 @@ into the adjacent linear layers at inference; it is not in the official code, so
 
 Deviations from the official code: token mixing is computed as ``A @ x`` (a batched matmul, no transposes), equal up
 to float rounding; in fp32 CPU inference the channel MLP runs through oneDNN with GELU fused
-(:mod:`mlpvision.layers.fast_linear`), also equal up to float rounding; the model checks its input size and channels
+(:class:`mlpvision.layers.Mlp`), also equal up to float rounding; the model checks its input size and channels
 with a clear error instead of an assert; key names follow timm (``stem.proj``, ``linear_tokens``, ``mlp_channels``,
 ``ls1``/``ls2``); ``checkpoint_filter_fn`` maps the official and timm names.
 
@@ -57,11 +57,11 @@ import re
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
-from ..layers.fast_linear import mlp_forward
+from ..layers import Mlp
 from ._base import IsotropicNet, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -132,11 +132,11 @@ class ResMLPBlock(nn.Module):
         if self.deploy:
             t = torch.matmul(self.linear_tokens.weight, x)  # (N, N) @ (B, N, C) -> B, N, C
             x = x + self.drop_path(torch.addcmul(self.token_bias, t, self.token_scale))
-            return x + self.drop_path(mlp_forward(self.mlp_channels, x))
+            return x + self.drop_path(self.mlp_channels(x))
         t = torch.matmul(self.linear_tokens.weight, self.norm1(x))  # B, N, C
         t = t + self.linear_tokens.bias[:, None]
         x = x + self.drop_path(self.ls1 * t)
-        return x + self.drop_path(self.ls2 * mlp_forward(self.mlp_channels, self.norm2(x)))
+        return x + self.drop_path(self.ls2 * self.mlp_channels(self.norm2(x)))
 
     @torch.no_grad()
     def reparameterize(self) -> None:

@@ -42,17 +42,17 @@ Implementation notes: the strip FCs keep the official parameters (grouped ``Conv
 ``pos_row`` while writing the input transposed to (B, P, H, C2, W), which *is* the channels-last memory of the
 conv's input (B*P, C2*W, 1, H), so the grouped conv reads and writes channels-last without further copies and its
 output is transposed back by the concat that feeds the 1x1 fuse; the column strip does the same with (B, P, W, C2,
-H). Channels-last grouped convs run 1.3-3x faster on CPU than on the free NCHW view (B*P, C2*H, 1, W). GRN and
-LSMM's split attention use fused multiply-adds instead of separate passes. Measured on CPU (one thread, T* at batch
-4): CGSMM 10-25% faster than the official code, the whole model about 4% (eval) and 10% (forward + backward).
+H). Channels-last grouped convs run faster on CPU than on the free NCHW view (B*P, C2*H, 1, W). GRN and LSMM's
+split attention use fused multiply-adds instead of separate passes (CPU figures against the official code in
+docs/benchmarks.md, "Why the layers do what they do").
 Initialisation is PyTorch's default everywhere except the position tables (truncated normal, std 0.02), as in the
 official code (which has no init function).
 
-No deploy form: the only foldable parts are the two BatchNorms after 1x1 convs in each block (a few per cent of
-the memory traffic, less than 1% of CPU time), so ``deploy=True`` is accepted and builds the same model.
+No deploy form: the only foldable parts are the two BatchNorms after 1x1 convs in each block, too little of the
+run time to be worth a second form (docs/benchmarks.md), so ``deploy=True`` is accepted and builds the same model.
 
 Deviations from the official code: input checks raise ValueError instead of asserting; the channel MLP's linears run
-through :mod:`mlpvision.layers.fast_linear` (oneDNN for fp32 CPU inference; equal up to float rounding);
+through :class:`mlpvision.layers.Linear` (oneDNN for fp32 CPU inference; equal up to float rounding);
 non-square sizes (above);
 the GRN is sized by the channel-MLP ratio (the official code hard-codes 3C, so any other ratio crashes there);
 the official ``drop_rate`` reaches a Dropout that is never called, here ``drop_rate`` is timm's head dropout
@@ -72,7 +72,7 @@ from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import register_checkpoint_filter
-from ..layers.fast_linear import linear
+from ..layers import GRN, Linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
 from ._registry import ModelMeta, generate_cfgs, register_model
 
@@ -156,7 +156,7 @@ class CGSMM(nn.Module):
         b = x.shape[0]
         p, c2, (h, w) = self.num_patches, self.group_dim, self.size
         x = torch.add(pos, x.reshape(b, p, c2, h, w).permute(0, 1, 4, 2, 3))  # B, P, W, C2, H
-        # as for rows: the channels-last grouped conv beats the free NCHW view (B*P, C2*H, 1, W) by 1.3-3x on CPU
+        # as for rows: the channels-last grouped conv beats the free NCHW view (B*P, C2*H, 1, W) on CPU
         x = x.view(b * p, 1, w, c2 * h).permute(0, 3, 1, 2)  # B*P, C2*H, 1, W (channels-last)
         x = self.col(x)
         x = x.permute(0, 2, 3, 1).reshape(b, p, w, c2, h)  # B, P, W, C2, H
@@ -243,38 +243,6 @@ class PreActDWConv(nn.Module):
         return self.conv(self.act(self.norm(x)))
 
 
-class GRN(nn.Module):
-    """Global Response Normalization (ConvNeXt-V2) on channels-last input (B, H, W, C).
-
-    Parameters keep the official (1, 1, 1, C) shape: the official optimizer decays every parameter that is not 1-D
-    (nor named ``*.bias``), GRN's included, and so does timm's.
-    """
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
-        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in (torch.bfloat16, torch.float16):
-            # the L2 norm over H and W as the square root of a sum of squares (what the official torch.norm
-            # computes): torch's vector_norm over non-innermost dims is 4x to 47x slower on CPU (docs/benchmarks.md)
-            gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
-            nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
-            # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
-            return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
-        # reduced precision (autocast): autocast would copy x to float32 for the norm and return a float32 map that
-        # the next linear casts back. Instead: squares summed in x's dtype (float accumulation inside the reduction;
-        # the squares and the sum rounded to bf16, a relative error of the norm within bf16's resolution) and the
-        # output in x's dtype, without a float32 copy of the map: Strip-MLP-T* bf16 1.3x faster (47.7 -> 62 img/s)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
-            nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
-            factor = 1 + self.gamma.float() * nx
-            return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
-
-
 class ChannelMixing(nn.Module):
     """Depthwise 7x7 -> LayerNorm -> Linear -> GELU -> GRN -> Linear. NCHW in and out (channels-last inside)."""
 
@@ -283,16 +251,15 @@ class ChannelMixing(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim, bias=False)
         self.norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
         self.grn = GRN(hidden) if use_grn else nn.Identity()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
-        # fast_linear: oneDNN with GELU fused for fp32 CPU inference, F.linear otherwise (equal up to rounding)
-        x = linear(self.norm(x), self.fc1.weight, self.fc1.bias, self.act)
-        x = linear(self.grn(x), self.fc2.weight, self.fc2.bias)
+        x = self.fc1(self.norm(x), act=self.act)
+        x = self.fc2(self.grn(x))
         return x.permute(0, 3, 1, 2)  # B, C, H, W
 
 

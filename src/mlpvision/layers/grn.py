@@ -1,0 +1,46 @@
+"""Global Response Normalization (ConvNeXt-V2, arXiv:2301.00808 Eq. 1-3), with the official parameter shape."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ['GRN']
+
+
+class GRN(nn.Module):
+    """Global Response Normalization on channels-last input (B, H, W, C)::
+
+        gx = ||x||_2 over H and W          (B, 1, 1, C)
+        nx = gx / (mean_C(gx) + eps)
+        out = gamma * (x * nx) + beta + x
+
+    Parameters keep the official (1, 1, 1, C) shape (Strip-MLP, ConvNeXt-V2; timm's ``GlobalResponseNorm`` has
+    (C,)): the official optimizers decay every parameter that is not 1-D (nor named ``*.bias``), GRN's included, and
+    so does timm's.
+
+    In float32 the L2 norm is the square root of a sum of squares, what the official ``torch.norm`` computes, written
+    out because torch's ``vector_norm`` over non-innermost dims is much slower on CPU (docs/benchmarks.md). Under
+    reduced precision (autocast) the output keeps ``x``'s dtype and no float32 copy of the map is made (see
+    :meth:`forward`).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype not in (torch.bfloat16, torch.float16):
+            gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
+            nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+            # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
+            return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
+        # reduced precision: autocast would copy x to float32 for the norm and return a float32 map that the next
+        # linear casts back. Instead the squares are summed in x's dtype (float accumulation inside the reduction;
+        # the norm's relative error stays within bf16's resolution) and the output is in x's dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
+            nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+            factor = 1 + self.gamma.float() * nx
+            return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
