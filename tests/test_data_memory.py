@@ -122,7 +122,7 @@ class _PILDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         h, w = self.sizes[i]
         arr = (np.arange(h * w * 3).reshape(h, w, 3) + i).astype(np.uint8)
-        return Image.fromarray(arr), i % 2
+        return Image.fromarray(arr), i % 2, 0  # as ImageFileDataset: image, target, was_corrupt
 
 
 def test_decode_images_caches_and_checks_sizes(tmp_path):
@@ -133,7 +133,12 @@ def test_decode_images_caches_and_checks_sizes(tmp_path):
     assert torch.equal(images[1].permute(1, 2, 0), torch.from_numpy(np.array(ds[1][0])))
     again, _ = decode_images(ds, cache=cache)
     assert torch.equal(again, images) and cache.is_file()
-    resized, _ = decode_images(_PILDataset([(6, 5), (9, 9)]), size=4)
+    geometry = transforms.Compose([transforms.Resize(4), transforms.CenterCrop(4)])
+    resized, _ = decode_images(_PILDataset([(6, 5), (9, 9)]), transform=geometry)
     assert resized.shape == (2, 3, 4, 4)
-    with pytest.raises(ValueError, match='size='):
+    expected = np.array(geometry(_PILDataset([(9, 9)] * 2)[1][0]))
+    assert torch.equal(resized[1].permute(1, 2, 0), torch.from_numpy(expected))
+    gray, _ = decode_images(_PILDataset([(6, 5)]), transform=lambda im: im.convert('L'))
+    assert gray.shape == (1, 1, 6, 5)
+    with pytest.raises(ValueError, match='one size'):
         decode_images(_PILDataset([(6, 5), (9, 9)]))

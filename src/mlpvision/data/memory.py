@@ -5,8 +5,9 @@ once and augmenting whole batches of tensors replaces the per-image Python work 
 ``RandomCrop``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``: one call chain per image) by a handful of
 tensor operations per batch, and needs no loader processes competing with the compute threads for the cores.
 
-* :func:`decode_images` decodes a dataset of PIL images (e.g. an ImageNet-style folder) once into a ``uint8`` tensor
-  ``(N, C, H, W)`` and its labels, optionally cached as a ``.npz`` file (written atomically, read without pickle);
+* :func:`decode_images` decodes a dataset of PIL images (e.g. an ImageNet-style folder) once, through the resize /
+  centre-crop geometry of the per-image pipeline, into a ``uint8`` tensor ``(N, C, H, W)`` and its labels,
+  optionally cached as a ``.npz`` file (written atomically, read without pickle);
 * :class:`BatchAugment` is, on a ``uint8`` batch, the standard CIFAR training augmentation (zero padding + random
   crop, horizontal flip with probability 1/2) followed by conversion to float and normalisation; each image draws
   its own crop offset and flip, exactly as ``transforms.RandomCrop(size, padding)`` and
@@ -19,12 +20,13 @@ tensor operations per batch, and needs no loader processes competing with the co
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .loader import ResumableSampler, ShardSampler
@@ -34,46 +36,47 @@ __all__ = ['decode_images', 'BatchAugment', 'InMemoryLoader']
 
 def decode_images(
         dataset: Dataset,
-        size: int | tuple[int, int] | None = None,
+        transform: Callable[[Image.Image], Image.Image] | None = None,
         cache: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every ``(PIL image, label)`` sample of ``dataset`` into a ``uint8`` ``(N, C, H, W)`` tensor and labels.
+    """Decode every sample of ``dataset`` (a PIL image and its label first) into ``uint8`` ``(N, C, H, W)`` and labels.
 
     Args:
-        dataset: yields ``(PIL.Image, int)`` (no transform), e.g. ``ImageFileDataset`` or torchvision's
-            ``ImageFolder`` built without a transform.
-        size: resize every image to this (H, W) (bilinear, antialiased) if it differs; None keeps each image's size,
-            which must then be the same for all.
+        dataset: yields ``(PIL.Image, int, ...)`` (no transform), e.g. ``ImageFileDataset`` or ``ArrayDataset``.
+        transform: PIL-to-PIL geometry applied before storing (the resize / centre crop of the per-image pipeline,
+            and the conversion to the model's channel count), so that the stored images are what the per-image
+            pipeline would have cropped from; every result must have one size.
         cache: a ``.npz`` file: read if it exists and holds as many images as ``dataset``, else written after
-            decoding (atomically), so later runs skip the decode.
+            decoding (atomically), so later runs skip the decode. The caller names it after what the images depend
+            on (data set, split, transform).
     """
     if cache is not None and Path(cache).is_file():
         with np.load(cache, allow_pickle=False) as f:
             images, labels = f['images'], f['labels']
         if len(images) == len(dataset):
             return torch.from_numpy(images), torch.from_numpy(labels)
-    hw = (size, size) if isinstance(size, int) else size
-    images, labels = [], []
+    images = labels = None
     for i in range(len(dataset)):
-        img, label = dataset[i]
-        arr = np.asarray(img.convert('RGB') if img.mode not in ('RGB', 'L') else img, dtype=np.uint8)
-        t = torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1)  # C, H, W
-        if hw is not None and tuple(t.shape[1:]) != tuple(hw):
-            t = F.interpolate(t[None].float(), size=hw, mode='bilinear', antialias=True, align_corners=False)
-            t = t[0].round().clamp(0, 255).to(torch.uint8)
-        if images and t.shape != images[0].shape:
-            raise ValueError(f'image {i} of the dataset is {tuple(t.shape)} (C, H, W), the first was '
-                             f'{tuple(images[0].shape)}: give size= to resize every image to one size.')
-        images.append(t)
-        labels.append(int(label))
-    out = torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+        sample = dataset[i]
+        img = transform(sample[0]) if transform is not None else sample[0]
+        arr = np.asarray(img, dtype=np.uint8)
+        arr = arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1)  # C, H, W
+        if images is None:
+            images = np.empty((len(dataset), *arr.shape), dtype=np.uint8)
+            labels = np.empty(len(dataset), dtype=np.int64)
+        elif arr.shape != images.shape[1:]:
+            raise ValueError(f'image {i} of the dataset is {arr.shape} (C, H, W) after the transform, the first was '
+                             f'{images.shape[1:]}: give a transform that resizes every image to one size.')
+        images[i], labels[i] = arr, int(sample[1])
+    if images is None:
+        raise ValueError('the dataset is empty: nothing to hold in memory.')
     if cache is not None:
         cache = Path(cache)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f'.{cache.name}.tmp.npz')
-        np.savez(tmp, images=out[0].numpy(), labels=out[1].numpy())
+        tmp = cache.with_name(f'.{cache.stem}.tmp.npz')
+        np.savez(tmp, images=images, labels=labels)
         os.replace(tmp, cache)
-    return out
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 class BatchAugment:
