@@ -245,3 +245,31 @@ def test_img_size_goes_to_the_constructor_of_fixed_size_models_only():
         build_model(make_config(dict(model='resmlp_s12', img_size=30)), 10, 3)
     with pytest.raises(UsageError, match="unknown model 'resmlp_s13'; closest: .*resmlp_s12"):
         build_model(make_config(dict(model='resmlp_s13')), 10, 3)
+
+
+def test_data_in_memory_trains_caches_and_resumes_exactly(tmp_path, monkeypatch):
+    kw = dict(epochs=2, data_in_memory=True, train_crop='pad', color_jitter=0.0, mixup=0.8, deterministic=True,
+              checkpoint_every_steps=3, data_cache=str(tmp_path / 'cache'))
+    full = fit(make_config(dict(TINY, output=str(tmp_path / 'a'), **kw)))
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == [
+        'decoded-fake-3x32x32-train.npz', 'decoded-fake-3x32x32-val.npz']
+    assert full.final is not None and full.final.n == 8  # fake val split: 16 // 4 = 4, at least 8
+    save = TrainState.save
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.global_step == 6:
+            raise _Stop
+
+    monkeypatch.setattr(TrainState, 'save', save_then_stop)
+    with pytest.raises(_Stop):
+        fit(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)))
+    monkeypatch.undo()
+    resumed = fit(resolve_config(None, dict(resume=str(tmp_path / 'b' / 'last.pth'))))
+    a, b = (torch.load(r.last, weights_only=True)['model'] for r in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_data_in_memory_refuses_per_image_augmentations(tmp_path):
+    with pytest.raises(UsageError, match=r'--train-crop rrc .*--color-jitter 0.4.*--aa rand'):
+        tiny(tmp_path, data_in_memory=True, aa='rand-m9-mstd0.5-inc1')

@@ -19,6 +19,7 @@ resumed epoch are drawn afresh.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import yaml
+from timm.data.transforms import MaybeToTensor
 from timm.utils import random_seed
 from torch.utils.data import DataLoader
 
@@ -40,7 +42,8 @@ from .. import __version__
 from .._checkpoint import CheckpointError, load_finetune_weights, load_weights
 from ..data.datasets import CorruptImageError, DatasetInfo, build_dataset, worker_error_message
 from ..data.loader import create_eval_loader, create_train_loader, set_loader_epoch, steps_per_epoch
-from ..data.transforms import DataConfig, build_transform, resolve_data_config
+from ..data.memory import BatchAugment, InMemoryLoader, decode_images
+from ..data.transforms import DataConfig, ToMode, build_transform, resolve_data_config
 from ..errors import UsageError
 from ..models import create_model
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
@@ -351,11 +354,14 @@ def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> TrainCont
     _set_transforms(cfg, data_cfg, train_data, val_data)
     random_seed(cfg.seed, info.rank)  # augmentations differ between processes
 
-    pin = cfg.pin_memory and info.device.type == 'cuda'
-    train_loader = create_train_loader(train_data.dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size,
-                                       cfg.aug_repeats, cfg.workers, pin)
-    val_loader = create_eval_loader(val_data.dataset, cfg.val_batch_size or 2 * cfg.batch_size, info.rank,
-                                    info.world_size, cfg.workers, pin)
+    if cfg.data_in_memory:
+        train_loader, val_loader = _in_memory_loaders(cfg, info, data_cfg, train_data, val_data, output)
+    else:
+        pin = cfg.pin_memory and info.device.type == 'cuda'
+        train_loader = create_train_loader(train_data.dataset, cfg.batch_size, cfg.seed, info.rank,
+                                           info.world_size, cfg.aug_repeats, cfg.workers, pin)
+        val_loader = create_eval_loader(val_data.dataset, cfg.val_batch_size or 2 * cfg.batch_size, info.rank,
+                                        info.world_size, cfg.workers, pin)
     steps = steps_per_epoch(train_loader)
     batch_global = cfg.batch_size * info.world_size
     if steps == 0:
@@ -429,6 +435,41 @@ def _set_transforms(cfg: TrainConfig, dc: DataConfig, train_data: DatasetInfo, v
     for ds in (train_data.dataset, val_data.dataset):
         if hasattr(ds, 'image_size'):  # synthetic images are drawn at the model's input size
             ds.image_size = (3, *dc.img_size)
+
+
+def _in_memory_loaders(cfg: TrainConfig, info: DistInfo, dc: DataConfig, train_data: DatasetInfo,
+                       val_data: DatasetInfo, output: Path) -> tuple[InMemoryLoader, InMemoryLoader]:
+    """``--data-in-memory``: both splits decoded once through the per-image pipeline's geometry (training: the
+    resize of ``--train-crop pad``; evaluation: the resize and centre crop of the eval transform), then pad-crop,
+    flip and normalisation on whole batches (:mod:`mlpvision.data.memory`)."""
+    import torchvision.transforms as T
+
+    interp = T.InterpolationMode(dc.interpolation if dc.interpolation != 'random' else 'bilinear')
+    train_geometry = T.Compose([ToMode(dc.in_chans), T.Resize(dc.img_size, interpolation=interp)])
+    # the eval transform is [ToMode, timm's eval Compose]; its PIL steps are those before the tensor conversion
+    timm_eval = val_data.dataset.transform.transforms[1].transforms
+    steps = list(itertools.takewhile(lambda t: not isinstance(t, (T.ToTensor, MaybeToTensor)), timm_eval))
+    val_geometry = T.Compose([ToMode(dc.in_chans), *steps])
+    cache = Path(cfg.data_cache) if cfg.data_cache else output
+    tag = f'{cfg.dataset}-{dc.in_chans}x{dc.img_size[0]}x{dc.img_size[1]}'
+    decoded = []
+    for name, data, geometry in (('train', train_data, train_geometry), ('val', val_data, val_geometry)):
+        data.dataset.transform = None  # decode_images applies the geometry; the batches get the rest
+        path = cache / f'decoded-{tag}-{name}.npz'
+        if info.primary:
+            _logger.info('data: decoding the %s split into memory (%s)', name,
+                         'cached' if path.is_file() else f'once; cached in {path}')
+            decoded.append(decode_images(data.dataset, geometry, path))
+        barrier(info)  # the primary wrote the cache; the others read it
+        if not info.primary:
+            decoded.append(decode_images(data.dataset, geometry, path))
+    (xtr, ytr), (xva, yva) = decoded
+    mean, std = dc.mean, dc.std
+    train = InMemoryLoader.train(xtr, ytr, cfg.batch_size, BatchAugment(mean, std, 4, cfg.hflip), cfg.seed,
+                                 info.rank, info.world_size)
+    val = InMemoryLoader.eval(xva, yva, cfg.val_batch_size or 2 * cfg.batch_size,
+                              BatchAugment(mean, std, train=False), info.rank, info.world_size)
+    return train, val
 
 
 def _prepare_model(cfg: TrainConfig, info: DistInfo, model: nn.Module) -> tuple[nn.Module, nn.Module, Any]:
