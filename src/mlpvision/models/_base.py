@@ -6,15 +6,20 @@ applied to the NCHW map, or ``nn.Identity``) and calls :meth:`PyramidNet._init_h
 contract then comes from here (``forward_features``, ``forward_head``, ``forward_intermediates``,
 ``prune_intermediate_layers``, ``reset_classifier``, ``set_grad_checkpointing``, ``group_matcher``).
 
-Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way.
+Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way. It is
+an FX leaf (``torch.fx.wrap`` here and in every family module that calls it, and timm's
+``register_notrace_function`` for timm's tracer): its Python control flow on the input's shape runs at call time, so
+``torch.fx`` tracing and feature extraction (``timm.models._features_fx``, torchvision's
+``create_feature_extractor``) keep the check in the graph instead of failing on it. It is ``torch.jit.ignore``-d for
+TorchScript (no ``from __future__ import annotations`` in the model files either: TorchScript cannot read string
+annotations).
 """
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
@@ -70,12 +75,15 @@ def one_d_and_bias_params(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
 
 
+@register_notrace_function
+@torch.jit.ignore
 def check_input(
         x: torch.Tensor,
         in_chans: int,
         img_size: tuple[int, int] | None = None,
         multiple: int | tuple[int, int] | None = None,
         model_name: str = 'this model',
+        min_size: int | None = None,
 ) -> None:
     """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
 
@@ -83,6 +91,7 @@ def check_input(
         in_chans: channels the model was built for.
         img_size: the only (H, W) the model accepts (fixed-size models), or None.
         multiple: H and W must be multiples of this (or of (mh, mw)), or None.
+        min_size: H and W must be at least this, or None.
     """
     if x.ndim != 4:
         raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
@@ -102,6 +111,12 @@ def check_input(
             raise ValueError(
                 f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
                 f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
+    if min_size is not None and min(h, w) < min_size:
+        raise ValueError(f'{model_name} needs input of at least {min_size}x{min_size} pixels, got {h}x{w}. Upsample or '
+                         f'pad the input.')
+
+
+torch.fx.wrap('check_input')  # an FX leaf wherever this module's code calls it (PyramidNet.check_input)
 
 
 class PyramidNet(nn.Module):
@@ -116,6 +131,7 @@ class PyramidNet(nn.Module):
         self.grad_checkpointing = False
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.) -> None:
+        # built inside the constructor's factory_scope, so on the model's device and in its dtype
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = num_features
         self.drop_rate = drop_rate
@@ -154,8 +170,10 @@ class PyramidNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``num_classes`` head (0: none) on the model's device and in its dtype (the model's, not the old
+        head's: after ``reset_classifier(0)`` the head has no parameter to take them from)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

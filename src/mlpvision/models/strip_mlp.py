@@ -60,22 +60,32 @@ the official ``drop_rate`` reaches a Dropout that is never called, here ``drop_r
 ``stages.i.blocks.j``, ``head.fc``) and ``checkpoint_filter_fn`` maps the official names. Outputs equal the official
 ones up to float rounding (max |diff| about 1e-7 for outputs of order 0.2; GRN and LSMM's split attention are
 computed with fused multiply-adds).
-"""
-from __future__ import annotations
 
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
+features trace with ``torch.fx``: the input check and the channel mixing (whose linears dispatch on the input's
+device and dtype, and whose GRN on its dtype) are FX leaves, so a traced graph runs the same code as the model
+(identical outputs). TorchScript does not apply: the channel mixing hands its activation module to the oneDNN
+dispatch of :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+"""
+import contextlib
 import re
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from ..layers.fast_linear import linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
+from ._factory import DeviceLike, factory_kwargs
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['StripMLP', 'StripBlock', 'StripMixing', 'CGSMM', 'LSMM', 'ChannelMixing', 'GRN', 'official_num_patches']
+
+torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
 _OFFICIAL = 'Med-Process/Strip_MLP@492d7050031fb01dc3e07de0c6598cc242f9d4dc:models/strip_mlp.py'
 
@@ -267,13 +277,17 @@ class GRN(nn.Module):
         # the next linear casts back. Instead: squares summed in x's dtype (float accumulation inside the reduction;
         # the squares and the sum rounded to bf16, a relative error of the norm within bf16's resolution) and the
         # output in x's dtype, without a float32 copy of the map: Strip-MLP-T* bf16 1.3x faster (47.7 -> 62 img/s)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (no autocast on a device without it, e.g. the meta device of a shape-only pass)
+        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:
             gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             factor = 1 + self.gamma.float() * nx
             return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
 
 
+@register_notrace_module  # an FX leaf: its linears and GRN dispatch on the input's device and dtype
 class ChannelMixing(nn.Module):
     """Depthwise 7x7 -> LayerNorm -> Linear -> GELU -> GRN -> Linear. NCHW in and out (channels-last inside)."""
 
@@ -366,6 +380,7 @@ class StripStage(nn.Module):
 class StripMLP(PyramidNet):
     """Strip-MLP, built for one input size (NCHW throughout)."""
 
+    @factory_kwargs
     def __init__(
             self,
             num_classes: int = 1000,
@@ -387,6 +402,8 @@ class StripMLP(PyramidNet):
             drop_path_rate: float = 0.1,
             drop_path_schedule: str = 'constant',
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -406,6 +423,8 @@ class StripMLP(PyramidNet):
             drop_path_rate: stochastic depth; the official models use 0.1 in every block.
             drop_path_schedule: 'constant' (official: the same rate in every block) or 'linear' (0 to the rate).
             deploy: accepted for the common interface; Strip-MLP has no separate inference form.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
         num_stages = len(depths)
