@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ['factory_kwargs', 'factory_scope', 'rename_kwargs', 'DeviceLike']
+__all__ = ['factory_kwargs', 'factory_scope', 'rename_kwargs', 'accepts_aliases', 'variant_args', 'DeviceLike']
 
 DeviceLike = torch.device | str | int | None
 _F = TypeVar('_F', bound=Callable[..., None])
@@ -78,3 +78,24 @@ def rename_kwargs(kwargs: dict, aliases: dict[str, str], owner: str) -> dict:
                                 f'{name}=.')
             out[name] = out.pop(alias)
     return out
+
+
+def accepts_aliases(**aliases: str) -> Callable[[_F], _F]:
+    """Decorate a model ``__init__`` so that it also takes each ``alias=`` (an official code's name, or a former
+    mlpvision name) for the argument it names: ``@accepts_aliases(layers='depths')``. Giving both raises TypeError.
+    The aliases are kept on the wrapper (``arg_aliases``) for :func:`variant_args`."""
+    def decorate(init: _F) -> _F:
+        @functools.wraps(init)
+        def wrapper(self, *args, **kwargs) -> None:
+            init(self, *args, **rename_kwargs(kwargs, aliases, type(self).__name__))
+
+        wrapper.arg_aliases = dict(aliases)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
+def variant_args(cls: type, model_args: dict, kwargs: dict) -> dict:
+    """A registered variant's ``model_args`` with the user's ``kwargs`` over them, the user's aliases renamed first
+    (so ``layers=`` from the user replaces the variant's ``depths=`` instead of clashing with it)."""
+    aliases = getattr(cls.__init__, 'arg_aliases', {})
+    return dict(model_args, **rename_kwargs(kwargs, aliases, cls.__name__))
