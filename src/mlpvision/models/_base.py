@@ -84,8 +84,11 @@ def check_input(
         multiple: int | tuple[int, int] | None = None,
         model_name: str = 'this model',
         min_size: int | None = None,
-) -> None:
-    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
+) -> torch.Tensor:
+    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model; else return ``x``.
+
+    Callers go on with the returned tensor (``x = check_input(x, ...)``), so that in a traced FX graph the check is
+    on the data path and not removed as dead code.
 
     Args:
         in_chans: channels the model was built for.
@@ -114,6 +117,7 @@ def check_input(
     if min_size is not None and min(h, w) < min_size:
         raise ValueError(f'{model_name} needs input of at least {min_size}x{min_size} pixels, got {h}x{w}. Upsample or '
                          f'pad the input.')
+    return x
 
 
 torch.fx.wrap('check_input')  # an FX leaf wherever this module's code calls it (PyramidNet.check_input)
@@ -138,9 +142,9 @@ class PyramidNet(nn.Module):
         self.head = ClassifierHead(num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
     # --- input ---------------------------------------------------------------------------------------------------
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError when ``x`` does not fit; families override to add size rules."""
-        check_input(x, self.in_chans, model_name=type(self).__name__)
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raise ValueError when ``x`` does not fit, else return it; families override to add size rules."""
+        return check_input(x, self.in_chans, model_name=type(self).__name__)
 
     # --- timm contract -------------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -176,8 +180,7 @@ class PyramidNet(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.stem(x)
+        return self.stem(self.check_input(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)

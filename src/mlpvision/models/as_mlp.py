@@ -304,11 +304,11 @@ class ASMLP(PyramidNet):
         # the Swin-based official optimizer skips every 1-D parameter and every '.bias' (AS_MLP defines no list)
         return one_d_and_bias_params(self)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.check_input(x)
         if self.channels_last:  # channels-last from here on, the stem conv included (see conv1x1)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.pos_drop(self.stem(x))

@@ -369,8 +369,8 @@ class _FixedSizeNet(PyramidNet):
     img_size: tuple[int, int]
     in_chans: int
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=model_name(self))
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(x, self.in_chans, img_size=self.img_size, model_name=model_name(self))
 
 
 class RepMLPResNet(_FixedSizeNet):

@@ -225,8 +225,9 @@ class RepMLPNetUnit(nn.Module):
 
 @register_notrace_function
 @torch.jit.ignore
-def check_native_multiple(x: torch.Tensor, img_size: tuple[int, int], model_name: str) -> None:
-    """Raise ValueError unless H and W of ``x`` are integer multiples of the native ``img_size`` (an FX leaf)."""
+def check_native_multiple(x: torch.Tensor, img_size: tuple[int, int], model_name: str) -> torch.Tensor:
+    """Raise ValueError unless H and W of ``x`` are integer multiples of the native ``img_size``, else return ``x``
+    (an FX leaf, on the data path as :func:`~mlpvision.models._base.check_input`)."""
     h0, w0 = img_size
     h, w = x.shape[-2:]
     if h % h0 or w % w0:
@@ -235,6 +236,7 @@ def check_native_multiple(x: torch.Tensor, img_size: tuple[int, int], model_name
             f'partitions equal to the stage maps at {h0}x{w0}, so it accepts only integer multiples of that size per '
             f'axis ({h0}x{w0}, {h0}x{2 * w0}, {2 * h0}x{w0}, {2 * h0}x{2 * w0}, ...). Resize the input, or build the '
             f'model with img_size=({h}, {w}) (weights sized for another input size will not load).')
+    return x
 
 
 torch.fx.wrap('check_input')  # FX leaves here too (torch.fx.wrap patches this module's globals)
@@ -303,10 +305,10 @@ class RepMLPNet(PyramidNet):
         self._init_head(prev, num_classes, global_pool, drop_rate)
         # official: no weight initialisation function, PyTorch defaults everywhere
 
-    def check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
         name = model_name(self)
-        check_input(x, self.in_chans, model_name=name)
-        check_native_multiple(x, self.img_size, name)
+        x = check_input(x, self.in_chans, model_name=name)
+        return check_native_multiple(x, self.img_size, name)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -465,8 +465,8 @@ class StripMLP(PyramidNet):
         self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f'stages.{i}') for i, d in enumerate(dims)]
         self._init_head(dims[-1], num_classes, global_pool, drop_rate)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
