@@ -124,11 +124,11 @@ torch.fx.wrap('check_input')  # an FX leaf wherever this module's code calls it 
 
 
 class PyramidNet(nn.Module):
-    """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc)."""
+    """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc).
 
-    stem: nn.Module
-    stages: nn.Sequential
-    norm: nn.Module
+    Subclasses set ``stem`` (a module), ``stages`` (an ``nn.Sequential``) and ``norm`` (a module); they are not
+    declared as class annotations, which TorchScript would read as attribute types and cannot type as modules.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,6 +142,7 @@ class PyramidNet(nn.Module):
         self.head = ClassifierHead(num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
     # --- input ---------------------------------------------------------------------------------------------------
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         """Raise ValueError when ``x`` does not fit, else return it; families override to add size rules."""
         return check_input(x, self.in_chans, model_name=type(self).__name__)

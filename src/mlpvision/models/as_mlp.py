@@ -304,6 +304,7 @@ class ASMLP(PyramidNet):
         # the Swin-based official optimizer skips every 1-D parameter and every '.bias' (AS_MLP defines no list)
         return one_d_and_bias_params(self)
 
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         return check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
 

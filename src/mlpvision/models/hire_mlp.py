@@ -540,6 +540,7 @@ class HireMLP(PyramidNet):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         # at least 3x3: the stem is a 7x7 conv with padding 2
         return check_input(x, self.in_chans, model_name=type(self).__name__, min_size=3)

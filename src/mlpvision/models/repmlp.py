@@ -64,9 +64,10 @@ timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the
 device and bf16 / float16 / float64 included; fc3's orthogonal init is computed in float32 for reduced precision);
 ``reset_classifier`` keeps the model's device and dtype; forward and features trace with ``torch.fx``: the input
 check, the conv-BN layers and the RepMLP blocks (their FCs dispatch on the input's device and dtype) are FX leaves,
-so a traced graph runs the same code as the model (identical outputs). TorchScript does not apply: the conv-BN
-layers hand their conv modules to the oneDNN dispatch of :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot
-pass a module as an argument.
+so a traced graph runs the same code as the model (identical outputs). TorchScript does not apply: the Local
+Perceptron convs are attributes named by kernel size (``repconv{k}``, the official keys), which TorchScript cannot look
+up by a computed name, and the conv-BN layers hand their conv modules to the oneDNN dispatch of
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
 """
 import re
 from collections.abc import Sequence
@@ -369,6 +370,7 @@ class _FixedSizeNet(PyramidNet):
     img_size: tuple[int, int]
     in_chans: int
 
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         return check_input(x, self.in_chans, img_size=self.img_size, model_name=model_name(self))
 

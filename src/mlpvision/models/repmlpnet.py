@@ -48,8 +48,9 @@ timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the
 device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
 features trace with ``torch.fx``: the input checks and the blocks (whose FCs dispatch on the input's device, dtype
 and layout) are FX leaves, so a traced graph runs the same code as the model (identical outputs). TorchScript does
-not apply: the Global Perceptron hands its activation module to the oneDNN dispatch of
-:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+not apply: the Local Perceptron convs are attributes named by kernel size (``repconv{k}``, the official keys), which
+TorchScript cannot look up by a computed name, and the Global Perceptron hands its activation module to the oneDNN
+dispatch of :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
 """
 import re
 from collections import OrderedDict
@@ -305,6 +306,7 @@ class RepMLPNet(PyramidNet):
         self._init_head(prev, num_classes, global_pool, drop_rate)
         # official: no weight initialisation function, PyTorch defaults everywhere
 
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         name = model_name(self)
         x = check_input(x, self.in_chans, model_name=name)

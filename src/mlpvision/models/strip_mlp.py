@@ -65,8 +65,11 @@ timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the
 device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
 features trace with ``torch.fx``: the input check and the channel mixing (whose linears dispatch on the input's
 device and dtype, and whose GRN on its dtype) are FX leaves, so a traced graph runs the same code as the model
-(identical outputs). TorchScript does not apply: the channel mixing hands its activation module to the oneDNN
-dispatch of :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+(identical outputs). ``torch.jit.script`` works: the channel mixing and GRN take their plain PyTorch forms under
+TorchScript (the oneDNN dispatch of :mod:`mlpvision.layers.fast_linear` takes a module argument, which TorchScript
+cannot pass; same values up to float rounding) and the stages are an ``nn.ModuleList`` (each also takes and returns
+the carried skips). The input check stays Python (``torch.jit.ignore``): a scripted model runs and checks its input,
+but ``torch.jit.save`` refuses the Python call.
 """
 import contextlib
 import re
@@ -266,7 +269,7 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in (torch.bfloat16, torch.float16):
+        if torch.jit.is_scripting() or x.dtype not in (torch.bfloat16, torch.float16):
             # the L2 norm over H and W as the square root of a sum of squares (what the official torch.norm
             # computes): torch's vector_norm over non-innermost dims is 4x to 47x slower on CPU (docs/benchmarks.md)
             gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
@@ -303,6 +306,8 @@ class ChannelMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
+        if torch.jit.is_scripting():  # TorchScript: the plain layers (the dispatch below takes a module argument)
+            return self.fc2(self.grn(self.act(self.fc1(self.norm(x))))).permute(0, 3, 1, 2)
         # fast_linear: oneDNN with GELU fused for fp32 CPU inference, F.linear otherwise (equal up to rounding)
         x = linear(self.norm(x), self.fc1.weight, self.fc1.bias, self.act)
         x = linear(self.grn(x), self.fc2.weight, self.fc2.bias)
@@ -460,11 +465,12 @@ class StripMLP(PyramidNet):
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=mlp_ratio, use_grn=use_grn,
                 num_patches=num_patches, strip_width=strip_width, cascade=cascade,
                 use_cgsmm=use_cgsmm, use_lsmm=use_lsmm, lsmm_kernel=lsmm_kernel))
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.ModuleList(stages)  # not a Sequential: each stage also takes and returns the carried skips
         self.norm = nn.BatchNorm2d(dims[-1])
         self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f'stages.{i}') for i, d in enumerate(dims)]
         self._init_head(dims[-1], num_classes, global_pool, drop_rate)
 
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
         return check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
 
@@ -488,7 +494,7 @@ class StripMLP(PyramidNet):
         x = self.forward_stem(x)
         carry: list[torch.Tensor] = []
         for stage in self.stages:
-            x, carry = self.forward_stage(stage, x, carry)
+            x, carry = stage(x, carry)  # as forward_stage (TorchScript takes no module argument)
         return self.norm(x)
 
     def forward_stage(
