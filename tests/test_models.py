@@ -395,6 +395,14 @@ def _script(model: nn.Module, x: torch.Tensor) -> None:
         # the input check runs in the scripted model too (called back in Python)
         with pytest.raises(Exception, match='-channel input but got'):
             scripted(torch.randn(1, x.shape[1] + 1, *x.shape[2:]))
+    # a traced FX graph scripts too (the leaves are scripted modules or ignored functions)
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    kwargs = _fx_tracer_kwargs()
+    _, eval_nodes = get_graph_node_names(model, tracer_kwargs=kwargs)
+    with timm.layers.set_layer_config(scriptable=True):
+        graph = torch.jit.script(create_feature_extractor(model, return_nodes=[eval_nodes[-1]], tracer_kwargs=kwargs))
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(graph(x).values())), model(x), rtol=1e-5, atol=1e-5)
 
 
 def _script_params(names):

@@ -472,7 +472,9 @@ class StripMLP(PyramidNet):
 
     @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        return check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
+        # every argument, by position: a traced graph scripted afterwards (torch.jit.script of an FX GraphModule)
+        # calls the ignored check through a stub that knows no defaults and passes keywords by position
+        return check_input(x, self.in_chans, self.img_size, None, type(self).__name__, None)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
