@@ -126,7 +126,8 @@ torch.fx.wrap('check_input')  # an FX leaf wherever this module's code calls it 
 class PyramidNet(nn.Module):
     """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc).
 
-    Subclasses set ``stem`` (a module), ``stages`` (an ``nn.Sequential``) and ``norm`` (a module); they are not
+    Subclasses set ``stem`` (a module), ``stages`` (an ``nn.Sequential``; Strip-MLP's, whose stages also pass skips
+    on, an ``nn.ModuleList`` with its own ``forward_features``) and ``norm`` (a module); they are not
     declared as class annotations, which TorchScript would read as attribute types and cannot type as modules.
     """
 
