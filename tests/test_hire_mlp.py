@@ -16,7 +16,7 @@ from timm.layers import DropPath
 from timm.optim._param_groups import param_groups_weight_decay
 
 import mlpvision
-from mlpvision.models.hire_mlp import HireMLPNet, checkpoint_filter_fn, pad_end, shift
+from mlpvision.models.hire_mlp import HireMLP, checkpoint_filter_fn, pad_end, shift
 
 from conftest import FIXTURES, on_meta, parity_record
 from fill import fill_state_dict, make_input
@@ -32,12 +32,12 @@ def official_sd() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope='module')
-def tiny() -> HireMLPNet:
+def tiny() -> HireMLP:
     """A default hire_mlp_tiny in eval mode, shared by the tests that only read it."""
     return mlpvision.create_model('hire_mlp_tiny').eval()
 
 
-def _tiny(sd: dict[str, torch.Tensor] | None = None, **kwargs) -> HireMLPNet:
+def _tiny(sd: dict[str, torch.Tensor] | None = None, **kwargs) -> HireMLP:
     model = mlpvision.create_model('hire_mlp_tiny', **kwargs).eval()
     if sd is not None:
         model.load_state_dict(checkpoint_filter_fn(sd, model))
@@ -255,9 +255,9 @@ def test_official_mode_names_and_bad_knobs():
         model = _tiny(step_pad_mode='0', region_pad_mode='c')
     assert model.stages[0].blocks[1].token_mixer.mlp_h.step_pad_mode == 'zero'
     with pytest.raises(ValueError, match="'circular', 'zero' or 'replicate'"):
-        HireMLPNet(region_pad_mode='reflect')
+        HireMLP(region_pad_mode='reflect')
     with pytest.raises(ValueError, match='one value per stage'):
-        HireMLPNet(region_sizes=(4, 3, 3))
+        HireMLP(region_sizes=(4, 3, 3))
 
 
 def test_grad_checkpointing_same_output():

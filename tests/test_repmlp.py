@@ -14,7 +14,7 @@ from mlpvision import CheckpointError
 from mlpvision._checkpoint import load_weights
 from mlpvision.layers import conv_to_fc
 from mlpvision.models import repmlp, repmlpnet
-from mlpvision.models.repmlp import RepMLP, RepMLPResNet
+from mlpvision.models.repmlp import RepMLPBlock, RepMLPResNet
 from mlpvision.models.repmlpnet import RepMLPNet, RepMLPNetBlock
 
 from conftest import FIXTURES, on_meta, parity_record, randomise_norm_stats
@@ -79,31 +79,31 @@ def test_fast_orthogonal_init_matches_torch():
 def test_repmlp_block_deploy_is_exact_in_float64(kwargs):
     args = dict(in_chs=8, out_chs=12, size=(16, 24), partition=(8, 8), local_kernels=(1, 3, 5), groups=2)
     args.update(kwargs)
-    block = _perturb(RepMLP(**args))
-    _check_reparam(block, args, RepMLP, torch.randn(2, 8, 16, 24, dtype=torch.float64))
+    block = _perturb(RepMLPBlock(**args))
+    _check_reparam(block, args, RepMLPBlock, torch.randn(2, 8, 16, 24, dtype=torch.float64))
     assert not any(n.startswith('repconv') for n, _ in block.named_children())
 
 
 @torch.no_grad()
 def test_repmlp_partitions_do_not_see_each_other_without_global_perceptron():
     # the Local Perceptron zero-pads at the partition borders, so partitions are independent without fc1/fc2
-    block = RepMLP(4, 4, (16, 16), (8, 8), (1, 3, 5), groups=2, global_perceptron=False).eval()
+    block = RepMLPBlock(4, 4, (16, 16), (8, 8), (1, 3, 5), groups=2, global_perceptron=False).eval()
     x = torch.randn(1, 4, 16, 16)
     y = x.clone()
     y[..., :8, :8] += 1  # change the top-left partition only
     diff = (block(y) - block(x)).abs().amax(1)[0]  # H, W
     assert diff[:8, :8].min() > 0 and diff[8:, :].max() == 0 and diff[:, 8:].max() == 0
-    with_gp = RepMLP(4, 4, (16, 16), (8, 8), (1, 3, 5), groups=2).eval()
+    with_gp = RepMLPBlock(4, 4, (16, 16), (8, 8), (1, 3, 5), groups=2).eval()
     assert (with_gp(y) - with_gp(x))[..., 8:, 8:].abs().max() > 0  # the Global Perceptron carries it across
 
 
 def test_repmlp_rejects_bad_configurations():
     with pytest.raises(ValueError, match='multiple of the partition'):
-        RepMLP(8, 8, (14, 14), (8, 8))
+        RepMLPBlock(8, 8, (14, 14), (8, 8))
     with pytest.raises(ValueError, match='multiples of groups'):
-        RepMLP(6, 8, (8, 8), (8, 8), groups=4)
+        RepMLPBlock(6, 8, (8, 8), (8, 8), groups=4)
     with pytest.raises(ValueError, match='odd and at most the partition'):
-        RepMLP(8, 8, (7, 7), (7, 7), local_kernels=(1, 9))
+        RepMLPBlock(8, 8, (7, 7), (7, 7), local_kernels=(1, 9))
 
 
 # --- RepMLP-ResNet-50 --------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_cifar_pure_mlp_macs_match_the_paper():
 @pytest.mark.parametrize('kwargs', [dict(), dict(local_kernels=()), dict(global_perceptron=False),
                                     dict(fc3_kernel=9)], ids=['paper', 'no_local', 'no_global', 'fc3_conv9'])
 def test_cifar_pure_mlp_ablations_reparameterize_exactly(kwargs):
-    kwargs = dict(kwargs, channels=(4, 8, 16))  # narrower than the paper's 16/32/64 (same code) to keep this fast
+    kwargs = dict(kwargs, embed_dims=(4, 8, 16))  # narrower than the paper's 16/32/64 (same code) to keep this fast
     model = _perturb(mlpvision.create_model('repmlp_cifar_pure', **kwargs))
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_cifar_pure_mlp_ablations_reparameterize_exactly(kwargs):
 # --- RepMLPNet ---------------------------------------------------------------------------------------------------
 
 def _small_repmlpnet(**kwargs) -> RepMLPNet:
-    return RepMLPNet(img_size=64, channels=(8, 16, 32, 64), depths=(1, 1, 2, 1), sharesets=(1, 2, 4, 8), **kwargs)
+    return RepMLPNet(img_size=64, embed_dims=(8, 16, 32, 64), depths=(1, 1, 2, 1), sharesets=(1, 2, 4, 8), **kwargs)
 
 
 @torch.no_grad()

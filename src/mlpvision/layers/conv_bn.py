@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from .fast_linear import conv_act
 from .fusion import fuse_conv_bn
@@ -10,6 +11,7 @@ from .fusion import fuse_conv_bn
 __all__ = ['ConvBN']
 
 
+@register_notrace_module  # an FX leaf: the deploy form's conv dispatches on the map's layout (oneDNN fast path)
 class ConvBN(nn.Module):
     """``act(bn(conv(x)))`` (conv without bias unless asked); the deploy form is ``act(conv(x))`` with a biased conv.
 

@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Callable
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
@@ -91,8 +92,16 @@ def dispatch_mode_active() -> bool:
     return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0
 
 
+def _fx_tracing() -> bool:
+    """Whether ``torch.fx`` is tracing: the dispatch below reads the input's device, dtype and layout, which a traced
+    value does not have, so the traced graph gets the plain ops (the same values)."""
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
     """The dtype the oneDNN path computes in for this call (float32 or bfloat16), or None when it does not apply."""
+    if _fx_tracing():
+        return None
     if not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
         return None
     if torch.compiler.is_compiling() or dispatch_mode_active():
@@ -163,7 +172,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     a tensor of the output's shape or None.
     """
     dtype = _onednn_dtype(x, weight, bias)
-    if residual is not None and torch.is_grad_enabled() and residual.requires_grad:
+    if dtype is not None and residual is not None and torch.is_grad_enabled() and residual.requires_grad:
         dtype = None  # the fused sum has no backward either
     if dtype is None:
         y = F.linear(x, weight, bias)
@@ -243,6 +252,8 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
 
 def _conv_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 residual: torch.Tensor | None) -> torch.dtype | None:
+    if _fx_tracing():
+        return None
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         return None
     if residual is not None and torch.is_grad_enabled() and residual.requires_grad:

@@ -1,5 +1,5 @@
 """Global Response Normalization (ConvNeXt-V2, arXiv:2301.00808 Eq. 1-3), with the official parameter shape."""
-from __future__ import annotations
+import contextlib
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,7 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype not in (torch.bfloat16, torch.float16):
+        if torch.jit.is_scripting() or x.dtype not in (torch.bfloat16, torch.float16):
             gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
@@ -39,7 +39,10 @@ class GRN(nn.Module):
         # reduced precision: autocast would copy x to float32 for the norm and return a float32 map that the next
         # linear casts back. Instead the squares are summed in x's dtype (float accumulation inside the reduction;
         # the norm's relative error stays within bf16's resolution) and the output is in x's dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # (no autocast on a device without it, e.g. the meta device of a shape-only pass)
+        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:
             gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             factor = 1 + self.gamma.float() * nx

@@ -16,15 +16,20 @@ Everything in timm's model contract then comes from here (``forward_features``, 
 ``forward_intermediates``, ``prune_intermediate_layers``, ``reset_classifier``, ``set_grad_checkpointing``,
 ``group_matcher``), and timm's ``features_only=True`` from ``forward_intermediates`` (``feature_cls='getter'``).
 
-Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way.
+Input checks live in :func:`check_input` so every family reports a wrong channel count or size the same way. It is
+an FX leaf (``torch.fx.wrap`` here and in every family module that calls it, and timm's
+``register_notrace_function`` for timm's tracer): its Python control flow on the input's shape runs at call time, so
+``torch.fx`` tracing and feature extraction (``timm.models._features_fx``, torchvision's
+``create_feature_extractor``) keep the check in the graph instead of failing on it. It is ``torch.jit.ignore``-d for
+TorchScript (no ``from __future__ import annotations`` in the model files either: TorchScript cannot read string
+annotations).
 """
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import ClassifierHead, get_device_dtype
+from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
@@ -75,8 +80,7 @@ class BackboneBase(nn.Module):
         return set()
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.stem(x)
+        return self.stem(self.check_input(x))  # the check returns x: it stays on the data path of FX graphs
 
     def forward_stage(
             self, stage: nn.Module, x: torch.Tensor, carry: list[torch.Tensor],
@@ -185,19 +189,26 @@ def one_d_and_bias_params(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias')}
 
 
+@register_notrace_function
+@torch.jit.ignore
 def check_input(
         x: torch.Tensor,
         in_chans: int,
         img_size: tuple[int, int] | None = None,
         multiple: int | tuple[int, int] | None = None,
         model_name: str = 'this model',
-) -> None:
-    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model.
+        min_size: int | None = None,
+) -> torch.Tensor:
+    """Raise ValueError naming the problem and the fix when ``x`` does not fit the model; else return ``x``.
+
+    Callers go on with the returned tensor (``x = check_input(x, ...)``), so that in a traced FX graph the check is
+    on the data path and not removed as dead code.
 
     Args:
         in_chans: channels the model was built for.
         img_size: the only (H, W) the model accepts (fixed-size models), or None.
         multiple: H and W must be multiples of this (or of (mh, mw)), or None.
+        min_size: H and W must be at least this, or None.
     """
     if x.ndim != 4:
         raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
@@ -217,25 +228,35 @@ def check_input(
             raise ValueError(
                 f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
                 f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
+    if min_size is not None and min(h, w) < min_size:
+        raise ValueError(f'{model_name} needs input of at least {min_size}x{min_size} pixels, got {h}x{w}. Upsample or '
+                         f'pad the input.')
+    return x
+
+
+torch.fx.wrap('check_input')  # an FX leaf wherever this module's code calls it (PyramidNet.check_input)
 
 
 class PyramidNet(BackboneBase):
-    """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc)."""
+    """Base for four-stage NCHW backbones: stem -> stages -> norm -> (avg pool, dropout, fc).
 
-    stem: nn.Module
-    stages: nn.Sequential
-    norm: nn.Module
+    Subclasses set ``stem`` (a module), ``stages`` (an ``nn.Sequential``; Strip-MLP's, whose stages also pass skips
+    on, an ``nn.ModuleList`` with its own ``forward_features``) and ``norm`` (a module); they are not
+    declared as class annotations, which TorchScript would read as attribute types and cannot type as modules.
+    """
 
     def _init_head(self, num_features: int, num_classes: int, global_pool: str = 'avg', drop_rate: float = 0.) -> None:
+        # built inside the constructor's factory_scope, so on the model's device and in its dtype
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = num_features
         self.drop_rate = drop_rate
         self.head = ClassifierHead(num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
     # --- input ---------------------------------------------------------------------------------------------------
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError when ``x`` does not fit; families override to add size rules."""
-        check_input(x, self.in_chans, model_name=type(self).__name__)
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raise ValueError when ``x`` does not fit, else return it; families override to add size rules."""
+        return check_input(x, self.in_chans, model_name=type(self).__name__)
 
     # --- timm contract -------------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -254,8 +275,10 @@ class PyramidNet(BackboneBase):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new ``num_classes`` head (0: none) on the model's device and in its dtype (the model's, not the old
+        head's: after ``reset_classifier(0)`` the head has no parameter to take them from)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
+        self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
@@ -309,8 +332,10 @@ class IsotropicNet(BackboneBase):
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '' for {type(self).__name__}, got {global_pool!r}.")
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Raise ValueError when ``x`` (B, C, H, W) does not fit the built size and channels, else return it."""
+        return check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:

@@ -40,21 +40,31 @@ Deviations from the official code:
   (:class:`mlpvision.layers.PointwiseConv`, :class:`mlpvision.layers.Mlp`; speed in docs/benchmarks.md);
   ``channels_last=False`` keeps NCHW storage and plain convs;
 * there is nothing to re-parameterise: ``deploy=True`` is accepted and builds the same model.
-"""
-from __future__ import annotations
 
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
+features trace with ``torch.fx``: the input check, the blocks and the patch mergings are FX leaves (timm's
+``register_notrace_function`` / ``register_notrace_module``), since they branch on the input's shape and memory
+layout, so a traced graph runs the same code as the model (identical outputs) and stage outputs can be extracted.
+TorchScript does not apply: the blocks hand their conv modules to the oneDNN dispatch functions of
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+"""
 import re
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath, GroupNorm1, trunc_normal_
+from timm.layers import DropPath, GroupNorm1, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import Mlp, PointwiseConv, ProjectedMixer
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
+from ._factory import DeviceLike, factory_kwargs
 from ._registry import ModelMeta, generate_cfgs, register_model
+
+torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
 __all__ = ['ASMLP', 'AxialShiftMLP', 'AxialShiftedBlock']
 
@@ -116,6 +126,7 @@ class AxialShiftMLP(ProjectedMixer):
         return self.norm2(y)
 
 
+@register_notrace_module  # an FX leaf: its convs dispatch on the map's layout (oneDNN fast path), see ASMLP
 class AxialShiftedBlock(nn.Module):
     """Pre-norm residual block: axial-shift mixer, then a 1x1-conv MLP. Input and output (B, C, H, W)."""
 
@@ -147,6 +158,7 @@ class AxialShiftedBlock(nn.Module):
         return prenorm_residual_forward(self, self.axial_shift, x)
 
 
+@register_notrace_module  # an FX leaf: checks and reshapes by the input's shape and memory layout
 class PatchMerging(nn.Module):
     """2x2 space-to-depth -> norm(4C) -> 1x1 conv 4C -> out_dim without bias. (B, C, H, W) -> (B, out, H/2, W/2)."""
 
@@ -206,6 +218,7 @@ class Stem(nn.Module):
 class ASMLP(PyramidNet):
     """AS-MLP: fully convolutional, any input whose sides are multiples of ``patch_size * 2**(num_stages - 1)``."""
 
+    @factory_kwargs
     def __init__(
             self,
             num_classes: int = 1000,
@@ -228,6 +241,8 @@ class ASMLP(PyramidNet):
             act_layer: type[nn.Module] = nn.GELU,
             channels_last: bool = True,
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -247,6 +262,8 @@ class ASMLP(PyramidNet):
                 run as oneDNN convolutions fused with their activation or residual sum in CPU inference,
                 :class:`mlpvision.layers.PointwiseConv`). Features come out channels-last.
             deploy: accepted for the common interface; AS-MLP has no re-parameterisable part.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
         if pad_mode not in PAD_MODES:
@@ -262,8 +279,8 @@ class ASMLP(PyramidNet):
 
         self.stem = Stem(in_chans, embed_dim, patch_size, norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)  # official name; it is a plain dropout (AS-MLP has no position embedding)
-        # the official float32 linspace; on the CPU so that building under torch.device('meta') can read it
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))
+        # the official float32 linspace, on the CPU: readable under a meta device and the same rates under any dtype
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu', dtype=torch.float32).split(list(depths))
         block_kwargs = dict(shift_size=shift_size, mlp_ratio=mlp_ratio, as_bias=as_bias, drop=drop_rate,
                             dilation=dilation, pad_mode=pad_mode, connection=connection, shift_impl=shift_impl,
                             act_layer=act_layer)
@@ -290,11 +307,12 @@ class ASMLP(PyramidNet):
         # the Swin-based official optimizer skips every 1-D parameter and every '.bias' (AS_MLP defines no list)
         return one_d_and_bias_params(self)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(x, self.in_chans, multiple=self.size_multiple, model_name=type(self).__name__)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.check_input(x)
         if self.channels_last:  # channels-last from here on, the stem conv included (see PointwiseConv)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.pos_drop(self.stem(x))

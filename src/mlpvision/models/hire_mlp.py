@@ -5,7 +5,7 @@ Official code: ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949c
 paper's code link; huawei-noah/Efficient-AI-Backbones has no Hire-MLP).
 
 A four-stage NCHW pyramid: an overlapping stem (conv 7x7, stride 4, padding 2 + BN + ReLU), stages joined by
-conv 3x3 / stride 2 + BN + ReLU, blocks ``x + DP(HireMLP(BN(x)))`` and ``x + DP(Mlp(BN(x)))``, a final BN, the
+conv 3x3 / stride 2 + BN + ReLU, blocks ``x + DP(HireModule(BN(x)))`` and ``x + DP(Mlp(BN(x)))``, a final BN, the
 spatial mean and a Linear head. The Hire module mixes tokens in three branches fused by split attention:
 
 * h branch (inner-region rearrangement along H): the rows are cut into regions of ``p`` rows (padded at the bottom
@@ -48,18 +48,28 @@ Deviations from the official code:
   applied in the branches' dtype under autocast (docs/benchmarks.md has the figures); ``channels_last=False`` keeps
   NCHW storage;
 
+Names: the model is :class:`HireMLP` (the family's name, as timm names ``ConvNeXt`` beside ``ConvNeXtBlock``;
+``HireMLPNet``, its former name, stays an alias), its block :class:`HireMLPBlock` (alias ``HireBlock``) and the token
+mixer, the paper's Hire module, :class:`HireModule` (the official ``HireMLP``; that name is now the model's).
+
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
+features trace with ``torch.fx``: the input check, the blocks and the conv-BN layers are FX leaves, since they branch
+on the input's shape and memory layout, so a traced graph runs the same code as the model (identical outputs).
+TorchScript does not apply: the blocks hand their conv modules to the oneDNN dispatch functions of
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+
 MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
 also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
 """
-from __future__ import annotations
-
 import re
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
@@ -76,9 +86,12 @@ from ..layers import (
 )
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
+from ._factory import DeviceLike, factory_kwargs
 from ._registry import ModelMeta, generate_cfgs, register_model
 
-__all__ = ['HireMLPNet', 'HireBlock', 'HireMLP', 'RegionMlp']
+__all__ = ['HireMLP', 'HireMLPBlock', 'HireModule', 'RegionMlp', 'HireMLPNet', 'HireBlock']
+
+torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
 _OFFICIAL = 'ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6:mlp_based/hire_mlp.py'
 
@@ -278,8 +291,9 @@ class RegionMlp(nn.Module):
         w2 = w2.reshape(c, p, hidden).transpose(0, 1).reshape(cp, hidden, 1, 1)
         return w1, b1, w2, b2.reshape(c, p).t().reshape(cp)
 
-class HireMLP(ProjectedMixer):
-    """The Hire module: h, w (and c) branches fused by split attention, then a 1x1 projection. Input (B, C, H, W).
+class HireModule(ProjectedMixer):
+    """The Hire module (official ``HireMLP``): h, w (and c) branches fused by split attention, then a 1x1
+    projection. Input (B, C, H, W).
 
     The block's residual is added inside ``proj`` (:class:`mlpvision.layers.ProjectedMixer`).
     """
@@ -325,8 +339,9 @@ class HireMLP(ProjectedMixer):
         return x
 
 
-class HireBlock(nn.Module):
-    """``x + DP(HireMLP(BN(x)))``, then ``x + DP(Mlp(BN(x)))``. Input (B, C, H, W).
+@register_notrace_module  # an FX leaf: its convs dispatch on the map's layout (oneDNN fast path), see HireMLP
+class HireMLPBlock(nn.Module):
+    """``x + DP(HireModule(BN(x)))``, then ``x + DP(Mlp(BN(x)))``. Input (B, C, H, W).
 
     Deploy form: ``norm2`` folded into the channel MLP's fc1; ``norm1`` folded into the first layer of every branch
     (the region MLPs' fc1 and the c branch) where that is exact, i.e. unless a shift or region padding brings in
@@ -339,10 +354,10 @@ class HireBlock(nn.Module):
         Args:
             proj_drop: dropout in the channel MLP and after the Hire projection.
             deploy: build the re-parameterised structure (see the class docstring).
-            **mixer_kwargs: passed to :class:`HireMLP` (``channel_branch``, ``region_size``, ``step``, pad modes).
+            **mixer_kwargs: passed to :class:`HireModule` (``channel_branch``, ``region_size``, ``step``, pad modes).
         """
         super().__init__()
-        self.token_mixer = HireMLP(dim, proj_drop=proj_drop, deploy=deploy, **mixer_kwargs)
+        self.token_mixer = HireModule(dim, proj_drop=proj_drop, deploy=deploy, **mixer_kwargs)
         self.norm1 = nn.Identity() if deploy and self._norm1_folds() else nn.BatchNorm2d(dim)
         self.norm2 = nn.Identity() if deploy else nn.BatchNorm2d(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop, use_conv=True)
@@ -396,19 +411,20 @@ class HireStage(SequentialStage):
         Args:
             step_stride, step_dilation: block ``i`` shifts by ``(i % step_stride) * step_dilation``.
             drop_path: one rate per block.
-            **block_kwargs: passed to every :class:`HireBlock`.
+            **block_kwargs: passed to every :class:`HireMLPBlock`.
         """
         deploy = block_kwargs.get('deploy', False)
         super().__init__(
-            [HireBlock(dim, step=(i % step_stride) * step_dilation, drop_path=drop_path[i], **block_kwargs)
+            [HireMLPBlock(dim, step=(i % step_stride) * step_dilation, drop_path=drop_path[i], **block_kwargs)
              for i in range(depth)],
             ConvBN(in_dim, dim, 3, stride=2, padding=1, act_layer=nn.ReLU, bias=True, deploy=deploy)
             if downsample else None)
 
 
-class HireMLPNet(PyramidNet):
+class HireMLP(PyramidNet):
     """Hire-MLP: accepts any input of at least 3x3 pixels, square or not (regions are padded as needed)."""
 
+    @factory_kwargs
     def __init__(
             self,
             depths: Sequence[int] = (2, 2, 4, 2),
@@ -430,6 +446,8 @@ class HireMLPNet(PyramidNet):
             drop_path_rate: float = 0.,
             channels_last: bool = True,
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -452,7 +470,9 @@ class HireMLPNet(PyramidNet):
                 run as oneDNN convolutions with activations and residual sums fused in CPU inference,
                 :class:`mlpvision.layers.PointwiseConv`). Features come out channels-last.
             deploy: build the re-parameterised inference form (every BatchNorm folded into a neighbouring conv where
-                that is exact; :class:`HireBlock`); ``mlpvision.reparameterize`` turns a trained model into it.
+                that is exact; :class:`HireMLPBlock`); ``mlpvision.reparameterize`` turns a trained model into it.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
         n = len(depths)
@@ -502,14 +522,13 @@ class HireMLPNet(PyramidNet):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, model_name=type(self).__name__)
-        if min(x.shape[2:]) < 3:
-            raise ValueError(f'{type(self).__name__} needs input of at least 3x3 pixels (its stem is a 7x7 conv with '
-                             f'padding 2), got {x.shape[2]}x{x.shape[3]}. Upsample or pad the input.')
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        # at least 3x3: the stem is a 7x7 conv with padding 2
+        return check_input(x, self.in_chans, model_name=type(self).__name__, min_size=3)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
+        x = self.check_input(x)
         if self.channels_last:  # the stem conv too runs faster on a channels-last input (docs/benchmarks.md)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.stem(x)
@@ -519,6 +538,10 @@ class HireMLPNet(PyramidNet):
         # the official recipe (DeiT's train.py -> timm create_optimizer with filter_bias_and_bn) exempts every 1-D
         # parameter (BN weights and biases, conv and linear biases); the model lists no names of its own
         return one_d_and_bias_params(self)
+
+
+HireMLPNet = HireMLP  # the model's former name
+HireBlock = HireMLPBlock  # the block's former name
 
 
 def _official_to_ours(k: str) -> str:
@@ -541,7 +564,7 @@ def _official_to_ours(k: str) -> str:
     return re.sub(r'^head\.(weight|bias)$', r'head.fc.\1', k)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLPNet) -> dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLP) -> dict[str, torch.Tensor]:
     """Map an official Hire-MLP state_dict or training checkpoint (the release files are saved by the DeiT-based
     ``train.py``: ``{'model': state_dict, ...}``) or an mlpvision state_dict onto ``model``; mlpvision names pass
     through unchanged."""
@@ -549,12 +572,12 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: HireMLPNet)
     return {_official_to_ours(k): v for k, v in state_dict.items()}
 
 
-register_checkpoint_filter(HireMLPNet, checkpoint_filter_fn)
+register_checkpoint_filter(HireMLP, checkpoint_filter_fn)
 
 
-def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireMLPNet:
+def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireMLP:
     return build_model_with_cfg(
-        HireMLPNet, variant, pretrained,
+        HireMLP, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs)
@@ -587,28 +610,28 @@ default_cfgs = generate_cfgs({
 
 
 @register_model
-def hire_mlp_tiny(pretrained: bool = False, **kwargs) -> HireMLPNet:
+def hire_mlp_tiny(pretrained: bool = False, **kwargs) -> HireMLP:
     """Hire-MLP-Tiny (README: 18M params, 2.1 GFLOPs, 79.7% top-1)."""
     model_args = dict(depths=(2, 2, 4, 2), embed_dims=(64, 128, 320, 512))
     return _create_hire_mlp('hire_mlp_tiny', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def hire_mlp_small(pretrained: bool = False, **kwargs) -> HireMLPNet:
+def hire_mlp_small(pretrained: bool = False, **kwargs) -> HireMLP:
     """Hire-MLP-Small (README: 33M params, 4.2 GFLOPs, 82.1% top-1)."""
     model_args = dict(depths=(3, 4, 10, 3), embed_dims=(64, 128, 320, 512))
     return _create_hire_mlp('hire_mlp_small', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def hire_mlp_base(pretrained: bool = False, **kwargs) -> HireMLPNet:
+def hire_mlp_base(pretrained: bool = False, **kwargs) -> HireMLP:
     """Hire-MLP-Base (README: 58M params, 8.1 GFLOPs, 83.2% top-1)."""
     model_args = dict(depths=(4, 6, 24, 3), embed_dims=(64, 128, 320, 512))
     return _create_hire_mlp('hire_mlp_base', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def hire_mlp_large(pretrained: bool = False, **kwargs) -> HireMLPNet:
+def hire_mlp_large(pretrained: bool = False, **kwargs) -> HireMLP:
     """Hire-MLP-Large (README: 96M params, 13.4 GFLOPs, 83.8% top-1)."""
     model_args = dict(depths=(4, 6, 24, 3), embed_dims=(96, 192, 384, 768))
     return _create_hire_mlp('hire_mlp_large', pretrained, **dict(model_args, **kwargs))

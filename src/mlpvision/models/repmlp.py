@@ -53,24 +53,41 @@ Deviations from the official code:
 
 ``no_weight_decay()`` is empty: the official repository has no training code for these models, and the paper's
 recipe (§4.2: SGD, weight decay 1e-4) names no exclusions.
-"""
-from __future__ import annotations
 
+Names and arguments: the RepMLP block (the official ``RepMLP`` class) is :class:`RepMLPBlock` here, as RepMLPNet's
+is :class:`~mlpvision.models.repmlpnet.RepMLPNetBlock`, so that no block carries the family's name (``RepMLP`` stays an
+alias); the models are :class:`RepMLPResNet` and :class:`RepMLPCifarNet`. Blocks per stage are ``depths`` and widths
+per stage ``embed_dims`` in every family; the former ``layers=`` (and the official ``num_blocks=``) of RepMLPResNet and
+the former ``channels=`` of RepMLPCifarNet are accepted too (giving both raises TypeError).
+
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included; fc3's orthogonal init is computed in float32 for reduced precision);
+``reset_classifier`` keeps the model's device and dtype; forward and features trace with ``torch.fx``: the input
+check, the conv-BN layers and the RepMLP blocks (their FCs dispatch on the input's device and dtype) are FX leaves,
+so a traced graph runs the same code as the model (identical outputs). TorchScript does not apply: the Local
+Perceptron convs are attributes named by kernel size (``repconv{k}``, the official keys), which TorchScript cannot look
+up by a computed name, and the conv-BN layers hand their conv modules to the oneDNN dispatch of
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+"""
 import re
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_module
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
+from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
 from ._registry import ModelMeta, generate_cfgs, register_model
 
-__all__ = ['RepMLP', 'RepMLPResNet', 'RepMLPCifarNet', 'RepMLPLightBlock', 'RepMLPBottleneckBlock']
+__all__ = ['RepMLPBlock', 'RepMLPResNet', 'RepMLPCifarNet', 'RepMLPLightBlock', 'RepMLPBottleneckBlock']
+
+torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
 _OFFICIAL = 'DingXiaoH/RepMLP@4b3e347422797747ca98e8c2b0b06a3d38c68244'
 
@@ -87,7 +104,10 @@ def orthogonal_(weight: torch.Tensor) -> torch.Tensor:
         return weight
     rows = weight.shape[0]
     cols = weight.numel() // rows
-    g = weight.new_empty(rows, cols).normal_(0, 1)
+    # reduced precision (dtype=torch.bfloat16 / float16 at construction): drawn and orthogonalised in float32, as
+    # torch.nn.init.orthogonal_ would need too (no Cholesky / QR in half precision), then rounded
+    work = torch.float32 if weight.dtype in (torch.bfloat16, torch.float16) else weight.dtype
+    g = weight.new_empty(rows, cols, dtype=work).normal_(0, 1)
     if rows < cols:
         g = g.t()
     # a Gaussian matrix at least twice as tall as wide has a condition number of about 6 or less, so its Gram matrix
@@ -137,8 +157,9 @@ class GlobalPerceptron(nn.Module):
         self.norm = nn.Identity()
 
 
-class RepMLP(nn.Module):
-    """The RepMLP block of the first paper: Global, Partition and Local Perceptron.
+@register_notrace_module  # an FX leaf: fc3 dispatches on the input's device and dtype (oneDNN fast path)
+class RepMLPBlock(nn.Module):
+    """The RepMLP block of the first paper (official ``RepMLP``): Global, Partition and Local Perceptron.
 
     Input (B, C, H, W) at the size it was built for (the Global Perceptron's FCs are sized by the number of
     partitions); output (B, O, H, W).
@@ -306,7 +327,7 @@ class RepMLPLightBlock(_Residual):
         mid = out_chs // 8
         self.shortcut = ConvBN(in_chs, out_chs, 1, deploy=deploy) if in_chs != out_chs else nn.Identity()
         self.conv1 = ConvBN(in_chs, mid, 1, act_layer=nn.ReLU, deploy=deploy)
-        self.repmlp = RepMLP(mid, mid, size, deploy=deploy, **repmlp_args)
+        self.repmlp = RepMLPBlock(mid, mid, size, deploy=deploy, **repmlp_args)
         self.act = nn.ReLU()
         self.conv3 = ConvBN(mid, out_chs, 1, deploy=deploy)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -326,7 +347,7 @@ class RepMLPBottleneckBlock(_Residual):
         self.shortcut = ConvBN(in_chs, out_chs, 1, deploy=deploy) if in_chs != out_chs else nn.Identity()
         self.conv1 = ConvBN(in_chs, mid, 1, act_layer=nn.ReLU, deploy=deploy)
         self.conv2 = ConvBN(mid, inner, 3, padding=1, act_layer=nn.ReLU, deploy=deploy)
-        self.repmlp = RepMLP(inner, inner, size, deploy=deploy, **repmlp_args)
+        self.repmlp = RepMLPBlock(inner, inner, size, deploy=deploy, **repmlp_args)
         self.act = nn.ReLU()
         self.conv4 = ConvBN(inner, mid, 3, padding=1, act_layer=nn.ReLU, deploy=deploy)
         self.conv5 = ConvBN(mid, out_chs, 1, deploy=deploy)
@@ -350,8 +371,9 @@ class _FixedSizeNet(PyramidNet):
     img_size: tuple[int, int]
     in_chans: int
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=model_name(self))
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(x, self.in_chans, img_size=self.img_size, model_name=model_name(self))
 
 
 class RepMLPResNet(_FixedSizeNet):
@@ -360,13 +382,15 @@ class RepMLPResNet(_FixedSizeNet):
     Built for one input size (the Global Perceptron's FCs are sized by the number of partitions).
     """
 
+    @accepts_aliases(layers='depths', num_blocks='depths')
+    @factory_kwargs
     def __init__(
             self,
             img_size: int | tuple[int, int] = 224,
             in_chans: int = 3,
             num_classes: int = 1000,
             block_type: str = 'light',
-            layers: tuple[int, ...] = (3, 4, 6, 3),
+            depths: tuple[int, ...] = (3, 4, 6, 3),
             partition: int | tuple[int, int] = 7,
             local_kernels: tuple[int, ...] = (1, 3, 5),
             fc3_groups: int | Sequence[int] = 4,
@@ -377,6 +401,8 @@ class RepMLPResNet(_FixedSizeNet):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -387,9 +413,13 @@ class RepMLPResNet(_FixedSizeNet):
             fc3_groups: fc3 groups, one value or one per RepMLP stage (paper Table 4: g8/16 = (8, 16)).
             bottleneck_r: RepMLP Bottleneck channel reduction r, one value or one per RepMLP stage.
             repmlp_stages: which of the four stages (0-3 = c2-c5) use RepMLP blocks (official and paper: c3, c4).
+            depths: blocks per stage (also accepted as ``layers=``, its former name, or the official ``num_blocks=``).
             deploy: build the converted form (every conv+BN fused, RepMLPs merged into fc3).
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
+        layers = depths
         if block_type not in ('light', 'bottleneck'):
             raise ValueError(f"block_type must be 'light' or 'bottleneck', got {block_type!r}.")
         self.img_size = to_2tuple_int(img_size)
@@ -402,7 +432,7 @@ class RepMLPResNet(_FixedSizeNet):
             ConvBN(in_chans, 64, 7, 2, 3, act_layer=nn.ReLU, deploy=deploy),
             nn.MaxPool2d(3, 2, 1))
         channels = (256, 512, 1024, 2048)
-        dpr = torch.linspace(0, drop_path_rate, sum(layers), device='cpu').tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(layers), device='cpu', dtype=torch.float32).tolist()
         prev, stages, self.feature_info = 64, [], []
         for i, (c, n) in enumerate(zip(channels, layers, strict=True)):
             reduction = 4 * 2 ** i
@@ -434,7 +464,7 @@ class RepMLPFCUnit(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, size: tuple[int, int], deploy: bool = False, **repmlp_args) -> None:
         super().__init__()
-        self.repmlp = RepMLP(in_chs, in_chs, size, deploy=deploy, **repmlp_args)
+        self.repmlp = RepMLPBlock(in_chs, in_chs, size, deploy=deploy, **repmlp_args)
         self.act = nn.ReLU()
         self.fc = ConvBN(in_chs, out_chs, 1, act_layer=nn.ReLU, deploy=deploy)
 
@@ -445,12 +475,14 @@ class RepMLPFCUnit(nn.Module):
 class RepMLPCifarNet(_FixedSizeNet):
     """The paper's pure-MLP CIFAR model (no conv larger than 1x1 after conversion), three stages at strides 1, 2, 4."""
 
+    @accepts_aliases(channels='embed_dims')
+    @factory_kwargs
     def __init__(
             self,
             img_size: int | tuple[int, int] = 32,
             in_chans: int = 3,
             num_classes: int = 10,
-            channels: tuple[int, ...] = (16, 32, 64),
+            embed_dims: tuple[int, ...] = (16, 32, 64),
             depths: tuple[int, ...] = (2, 2, 2),
             partition: int | tuple[int, int] = 8,
             groups: int = 2,
@@ -462,17 +494,23 @@ class RepMLPCifarNet(_FixedSizeNet):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
-            channels: C per stage (the RepMLPs and the FCs within a stage; a stage's last FC widens to the next C).
+            embed_dims: C per stage (the RepMLPs and the FCs within a stage; a stage's last FC widens to the next C);
+                also accepted as ``channels=``, its former name.
             depths: RepMLP + FC pairs per stage.
             local_kernels: Local Perceptron kernels; () is the paper's "w/o Local" ablation.
             global_perceptron: False is the paper's "w/o Global" ablation.
             fc3_kernel: 9 is the paper's "FC3 as conv9" ablation.
             drop_path_rate: accepted for the common interface; the model has no residual branches to drop.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
+        channels = embed_dims
         self.img_size = to_2tuple_int(img_size)
         self.in_chans = in_chans
         self.deploy = deploy
@@ -490,6 +528,9 @@ class RepMLPCifarNet(_FixedSizeNet):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()
         self._init_head(channels[-1], num_classes, global_pool, drop_rate)
+
+
+RepMLP = RepMLPBlock  # the block's former name (the official class name)
 
 
 def _official_to_ours(k: str) -> str:
@@ -568,14 +609,15 @@ default_cfgs = generate_cfgs({
 def repmlp_res50_light_224(pretrained: bool = False, **kwargs) -> RepMLPResNet:
     """RepMLP-Res50-Light-224 as the official factory builds it (fc3 groups 4)."""
     model_args = dict(img_size=224, block_type='light', partition=7, local_kernels=(1, 3, 5), fc3_groups=4)
-    return _create_repmlp_resnet('repmlp_res50_light_224', pretrained, **dict(model_args, **kwargs))
+    return _create_repmlp_resnet('repmlp_res50_light_224', pretrained, **variant_args(RepMLPResNet, model_args, kwargs))
 
 
 @register_model
 def repmlp_res50_light_g8_224(pretrained: bool = False, **kwargs) -> RepMLPResNet:
     """RepMLP-Res50 with the paper's Light Block (g = 8; Appendix A, Table 7: 77.14% top-1)."""
     model_args = dict(img_size=224, block_type='light', partition=7, local_kernels=(1, 3, 5), fc3_groups=8)
-    return _create_repmlp_resnet('repmlp_res50_light_g8_224', pretrained, **dict(model_args, **kwargs))
+    return _create_repmlp_resnet('repmlp_res50_light_g8_224', pretrained,
+                                 **variant_args(RepMLPResNet, model_args, kwargs))
 
 
 @register_model
@@ -583,7 +625,8 @@ def repmlp_res50_bottleneck_224(pretrained: bool = False, **kwargs) -> RepMLPRes
     """RepMLP-Res50 with RepMLP Bottlenecks in c3 and c4 (g = 8, r = 2/4; the paper's 78.55% model)."""
     model_args = dict(img_size=224, block_type='bottleneck', partition=7, local_kernels=(1, 3, 5), fc3_groups=8,
                       bottleneck_r=(2, 4))
-    return _create_repmlp_resnet('repmlp_res50_bottleneck_224', pretrained, **dict(model_args, **kwargs))
+    return _create_repmlp_resnet('repmlp_res50_bottleneck_224', pretrained,
+                                 **variant_args(RepMLPResNet, model_args, kwargs))
 
 
 @register_model
@@ -591,7 +634,7 @@ def repmlp_res50_g8_16_320(pretrained: bool = False, **kwargs) -> RepMLPResNet:
     """RepMLP-Res50-g8/16 at 320 (paper Table 4: h = w = 10, K = 1, 3, 5, 7, g = 8 in c3 and 16 in c4)."""
     model_args = dict(img_size=320, block_type='bottleneck', partition=10, local_kernels=(1, 3, 5, 7),
                       fc3_groups=(8, 16), bottleneck_r=(2, 4))
-    return _create_repmlp_resnet('repmlp_res50_g8_16_320', pretrained, **dict(model_args, **kwargs))
+    return _create_repmlp_resnet('repmlp_res50_g8_16_320', pretrained, **variant_args(RepMLPResNet, model_args, kwargs))
 
 
 @register_model
@@ -599,11 +642,12 @@ def repmlp_res50_g4_8_320(pretrained: bool = False, **kwargs) -> RepMLPResNet:
     """RepMLP-Res50-g4/8 at 320 (paper Table 4: h = w = 10, K = 1, 3, 5, 7, g = 4 in c3 and 8 in c4)."""
     model_args = dict(img_size=320, block_type='bottleneck', partition=10, local_kernels=(1, 3, 5, 7),
                       fc3_groups=(4, 8), bottleneck_r=(2, 4))
-    return _create_repmlp_resnet('repmlp_res50_g4_8_320', pretrained, **dict(model_args, **kwargs))
+    return _create_repmlp_resnet('repmlp_res50_g4_8_320', pretrained, **variant_args(RepMLPResNet, model_args, kwargs))
 
 
 @register_model
 def repmlp_cifar_pure(pretrained: bool = False, **kwargs) -> RepMLPCifarNet:
     """The paper's pure-MLP CIFAR-10 model (§4.1, Fig. 3: 91.11% top-1 at 52.8M FLOPs after conversion)."""
-    model_args = dict(img_size=32, channels=(16, 32, 64), depths=(2, 2, 2), partition=8, groups=2)
-    return _create(RepMLPCifarNet, 'repmlp_cifar_pure', pretrained, (0, 1, 2), **dict(model_args, **kwargs))
+    model_args = dict(img_size=32, embed_dims=(16, 32, 64), depths=(2, 2, 2), partition=8, groups=2)
+    return _create(RepMLPCifarNet, 'repmlp_cifar_pure', pretrained, (0, 1, 2),
+                   **variant_args(RepMLPCifarNet, model_args, kwargs))

@@ -51,20 +51,32 @@ Deviations from the official code:
   448x224 and the parity fixtures' weights, T224's first RepMLP block gives its 224x224 output on each half in our
   order and outputs up to 0.41 away (largest output 0.73) in the official one; the logits move from their 224x224
   values by 6e-8 in ours and 0.052 in the official order (both tested in tests/test_repmlp.py).
-"""
-from __future__ import annotations
 
+Names and arguments: ``embed_dims`` (widths per stage, as Hire-MLP and timm's pyramids name them) is the official
+``channels``, which is accepted too (giving both raises TypeError). The model is :class:`RepMLPNet`, its block
+:class:`RepMLPNetUnit` and the token mixer :class:`RepMLPNetBlock` (the official names).
+
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
+features trace with ``torch.fx``: the input checks and the blocks (whose FCs dispatch on the input's device, dtype
+and layout) are FX leaves, so a traced graph runs the same code as the model (identical outputs). TorchScript does
+not apply: the Local Perceptron convs are attributes named by kernel size (``repconv{k}``, the official keys), which
+TorchScript cannot look up by a computed name, and the Global Perceptron hands its activation module to the oneDNN
+dispatch of :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
+"""
 import re
 from collections import OrderedDict
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath
+from timm.layers import DropPath, register_notrace_function, register_notrace_module
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, PointwiseConv, bn_scale_shift, conv_to_fc, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
+from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
@@ -197,6 +209,7 @@ class FFN(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+@register_notrace_module  # an FX leaf: its FCs dispatch on the input's device, dtype and layout (oneDNN fast path)
 class RepMLPNetUnit(nn.Module):
     """``y = x + RepMLPBlock(BN(x))``; ``z = y + FFN(BN(y))``. NCHW."""
 
@@ -225,15 +238,37 @@ class RepMLPNetUnit(nn.Module):
         return x + self.drop_path(self.ffn(self.norm2(x)))
 
 
+@register_notrace_function
+@torch.jit.ignore
+def check_native_multiple(x: torch.Tensor, img_size: tuple[int, int], model_name: str) -> torch.Tensor:
+    """Raise ValueError unless H and W of ``x`` are integer multiples of the native ``img_size``, else return ``x``
+    (an FX leaf, on the data path as :func:`~mlpvision.models._base.check_input`)."""
+    h0, w0 = img_size
+    h, w = x.shape[-2:]
+    if h % h0 or w % w0:
+        raise ValueError(
+            f'{model_name} was built for {h0}x{w0} input but got {h}x{w}: its token-mixing FCs are sized for '
+            f'partitions equal to the stage maps at {h0}x{w0}, so it accepts only integer multiples of that size per '
+            f'axis ({h0}x{w0}, {h0}x{2 * w0}, {2 * h0}x{w0}, {2 * h0}x{2 * w0}, ...). Resize the input, or build the '
+            f'model with img_size=({h}, {w}) (weights sized for another input size will not load).')
+    return x
+
+
+torch.fx.wrap('check_input')  # FX leaves here too (torch.fx.wrap patches this module's globals)
+torch.fx.wrap('check_native_multiple')
+
+
 class RepMLPNet(PyramidNet):
     """RepMLPNet, built for a native input size; integer multiples of it per axis also run."""
 
+    @accepts_aliases(channels='embed_dims')
+    @factory_kwargs
     def __init__(
             self,
             img_size: int | tuple[int, int] = 224,
             in_chans: int = 3,
             num_classes: int = 1000,
-            channels: tuple[int, ...] = (64, 128, 256, 512),
+            embed_dims: tuple[int, ...] = (64, 128, 256, 512),
             depths: tuple[int, ...] = (2, 2, 6, 2),
             sharesets: tuple[int, ...] = (1, 4, 16, 128),
             local_kernels: tuple[int, ...] = (1, 3),
@@ -244,6 +279,8 @@ class RepMLPNet(PyramidNet):
             drop_path_rate: float = 0.,
             deploy: bool = False,
             official_partition_order: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -252,14 +289,18 @@ class RepMLPNet(PyramidNet):
             sharesets: share-sets S per stage (channel c of a stage uses set c mod S).
             local_kernels: Local Perceptron kernel sizes (official: 1 and 3; () switches it off).
             gp_reduction: Global Perceptron hidden width is C / gp_reduction.
+            embed_dims: channels per stage (official ``channels``, also accepted).
             deploy: build the Locality-Injected form (fc3 with bias, no fc3 BN, no Local Perceptron).
             official_partition_order: at inputs larger than ``img_size``, put each fc3 output row where the official
                 code puts it (which moves partitions across channel groups; see the module docstring) instead of
                 back in its own partition. No effect at ``img_size``; the weights are the same either way.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
+        channels = embed_dims
         if not (len(channels) == len(depths) == len(sharesets) == 4):
-            raise ValueError('channels, depths and sharesets need one entry per stage (4).')
+            raise ValueError('embed_dims, depths and sharesets need one entry per stage (4).')
         self.img_size = to_2tuple_int(img_size)
         stride = 4 * 2 ** (len(depths) - 1)
         if self.img_size[0] % stride or self.img_size[1] % stride:
@@ -267,7 +308,7 @@ class RepMLPNet(PyramidNet):
         self.in_chans = in_chans
         self.deploy = deploy
         self.stem = conv_bn(in_chans, channels[0], 4, 4, nn.ReLU)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu', dtype=torch.float32).tolist()
         stages, self.feature_info = [], []
         prev = channels[0]
         for i, (c, d, s) in enumerate(zip(channels, depths, sharesets, strict=True)):
@@ -283,17 +324,11 @@ class RepMLPNet(PyramidNet):
         self._init_head(prev, num_classes, global_pool, drop_rate)
         # official: no weight initialisation function, PyTorch defaults everywhere
 
-    def check_input(self, x: torch.Tensor) -> None:
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
         name = model_name(self)
-        check_input(x, self.in_chans, model_name=name)
-        h0, w0 = self.img_size
-        h, w = x.shape[-2:]
-        if h % h0 or w % w0:
-            raise ValueError(
-                f'{name} was built for {h0}x{w0} input but got {h}x{w}: its token-mixing FCs are sized for partitions '
-                f'equal to the stage maps at {h0}x{w0}, so it accepts only integer multiples of that size per axis '
-                f'({h0}x{w0}, {h0}x{2 * w0}, {2 * h0}x{w0}, {2 * h0}x{2 * w0}, ...). Resize the input, or build the '
-                f'model with img_size=({h}, {w}) (weights sized for another input size will not load).')
+        x = check_input(x, self.in_chans, model_name=name)
+        return check_native_multiple(x, self.img_size, name)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -363,40 +398,40 @@ default_cfgs = generate_cfgs({
 @register_model
 def repmlpnet_t224(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-T224 (38.3M params, 2.8 GFLOPs, 76.62% top-1)."""
-    model_args = dict(img_size=224, channels=(64, 128, 256, 512), depths=(2, 2, 6, 2), sharesets=(1, 4, 16, 128))
-    return _create_repmlpnet('repmlpnet_t224', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=224, embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2), sharesets=(1, 4, 16, 128))
+    return _create_repmlpnet('repmlpnet_t224', pretrained, **variant_args(RepMLPNet, model_args, kwargs))
 
 
 @register_model
 def repmlpnet_b224(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-B224 (68.2M params, 6.7 GFLOPs, 80.32% top-1)."""
-    model_args = dict(img_size=224, channels=(96, 192, 384, 768), depths=(2, 2, 12, 2), sharesets=(1, 4, 32, 128))
-    return _create_repmlpnet('repmlpnet_b224', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=224, embed_dims=(96, 192, 384, 768), depths=(2, 2, 12, 2), sharesets=(1, 4, 32, 128))
+    return _create_repmlpnet('repmlpnet_b224', pretrained, **variant_args(RepMLPNet, model_args, kwargs))
 
 
 @register_model
 def repmlpnet_t256(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-T256 (58.7M params, 4.2 GFLOPs, 77.44% top-1)."""
-    model_args = dict(img_size=256, channels=(64, 128, 256, 512), depths=(2, 2, 6, 2), sharesets=(1, 4, 16, 128))
-    return _create_repmlpnet('repmlpnet_t256', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=256, embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2), sharesets=(1, 4, 16, 128))
+    return _create_repmlpnet('repmlpnet_t256', pretrained, **variant_args(RepMLPNet, model_args, kwargs))
 
 
 @register_model
 def repmlpnet_b256(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-B256 (96.5M params, 9.6 GFLOPs, 81.03% top-1)."""
-    model_args = dict(img_size=256, channels=(96, 192, 384, 768), depths=(2, 2, 12, 2), sharesets=(1, 4, 32, 128))
-    return _create_repmlpnet('repmlpnet_b256', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=256, embed_dims=(96, 192, 384, 768), depths=(2, 2, 12, 2), sharesets=(1, 4, 32, 128))
+    return _create_repmlpnet('repmlpnet_b256', pretrained, **variant_args(RepMLPNet, model_args, kwargs))
 
 
 @register_model
 def repmlpnet_d256(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-D256 (86.9M params, 8.6 GFLOPs, 80.83% top-1)."""
-    model_args = dict(img_size=256, channels=(80, 160, 320, 640), depths=(2, 2, 18, 2), sharesets=(1, 4, 16, 128))
-    return _create_repmlpnet('repmlpnet_d256', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=256, embed_dims=(80, 160, 320, 640), depths=(2, 2, 18, 2), sharesets=(1, 4, 16, 128))
+    return _create_repmlpnet('repmlpnet_d256', pretrained, **variant_args(RepMLPNet, model_args, kwargs))
 
 
 @register_model
 def repmlpnet_l256(pretrained: bool = False, **kwargs) -> RepMLPNet:
     """RepMLPNet-L256 (117.7M params, 11.5 GFLOPs, 81.68% top-1)."""
-    model_args = dict(img_size=256, channels=(96, 192, 384, 768), depths=(2, 2, 18, 2), sharesets=(1, 4, 32, 256))
-    return _create_repmlpnet('repmlpnet_l256', pretrained, **dict(model_args, **kwargs))
+    model_args = dict(img_size=256, embed_dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), sharesets=(1, 4, 32, 256))
+    return _create_repmlpnet('repmlpnet_l256', pretrained, **variant_args(RepMLPNet, model_args, kwargs))

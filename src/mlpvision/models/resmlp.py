@@ -57,7 +57,7 @@ import re
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, PatchEmbed, trunc_normal_
+from timm.layers import DropPath, PatchEmbed, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
@@ -92,6 +92,7 @@ def fold_token_mixing(alpha, beta, a, b, gamma):
     return gamma * alpha, gamma * (a.sum(1)[:, None] * beta + b[:, None])
 
 
+@register_notrace_module  # an FX leaf: its channel MLP dispatches on the input (the oneDNN fast path)
 class ResMLPBlock(nn.Module):
     """Cross-patch linear + channel MLP with Affine pre-norms and LayerScale. Input (B, N, C)."""
 

@@ -60,23 +60,36 @@ the official ``drop_rate`` reaches a Dropout that is never called, here ``drop_r
 ``stages.i.blocks.j``, ``head.fc``) and ``checkpoint_filter_fn`` maps the official names. Outputs equal the official
 ones up to float rounding (max |diff| about 1e-7 for outputs of order 0.2; GRN and LSMM's split attention are
 computed with fused multiply-adds).
-"""
-from __future__ import annotations
 
+timm's model contract (tests/test_models.py): ``device=`` / ``dtype=`` build the model there directly (the meta
+device and bf16 / float16 / float64 included); ``reset_classifier`` keeps the model's device and dtype; forward and
+features trace with ``torch.fx``: the input check and the channel mixing (whose linears dispatch on the input's
+device and dtype, and whose GRN on its dtype) are FX leaves, so a traced graph runs the same code as the model
+(identical outputs). ``torch.jit.script`` works: the channel mixing and GRN take their plain PyTorch forms under
+TorchScript (the oneDNN dispatch of :mod:`mlpvision.layers.fast_linear` takes a module argument, which TorchScript
+cannot pass; same values up to float rounding) and the stages are an ``nn.ModuleList`` (each also takes and returns
+the carried skips). The input check stays Python (``torch.jit.ignore``): a scripted model runs and checks its input,
+but ``torch.jit.save`` refuses the Python call.
+"""
 import re
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, trunc_normal_
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import GRN, Linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
+from ._factory import DeviceLike, factory_kwargs
 from ._registry import ModelMeta, generate_cfgs, register_model
 
 __all__ = ['StripMLP', 'StripBlock', 'StripMixing', 'CGSMM', 'LSMM', 'ChannelMixing', 'GRN', 'official_num_patches']
+
+torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
 _OFFICIAL = 'Med-Process/Strip_MLP@492d7050031fb01dc3e07de0c6598cc242f9d4dc:models/strip_mlp.py'
 
@@ -243,6 +256,7 @@ class PreActDWConv(nn.Module):
         return self.conv(self.act(self.norm(x)))
 
 
+@register_notrace_module  # an FX leaf: its linears and GRN dispatch on the input's device and dtype
 class ChannelMixing(nn.Module):
     """Depthwise 7x7 -> LayerNorm -> Linear -> GELU -> GRN -> Linear. NCHW in and out (channels-last inside)."""
 
@@ -258,7 +272,10 @@ class ChannelMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
-        x = self.fc1(self.norm(x), act=self.act)
+        if torch.jit.is_scripting():  # TorchScript: plain ops (the layer modules take their activation as an argument)
+            x = self.act(F.linear(self.norm(x), self.fc1.weight, self.fc1.bias))
+            return F.linear(self.grn(x), self.fc2.weight, self.fc2.bias).permute(0, 3, 1, 2)
+        x = self.fc1(self.norm(x), act=self.act)  # oneDNN with GELU fused for fp32 CPU inference (layers.Linear)
         x = self.fc2(self.grn(x))
         return x.permute(0, 3, 1, 2)  # B, C, H, W
 
@@ -334,6 +351,7 @@ class StripStage(nn.Module):
 class StripMLP(PyramidNet):
     """Strip-MLP, built for one input size (NCHW throughout)."""
 
+    @factory_kwargs
     def __init__(
             self,
             num_classes: int = 1000,
@@ -355,6 +373,8 @@ class StripMLP(PyramidNet):
             drop_path_rate: float = 0.1,
             drop_path_schedule: str = 'constant',
             deploy: bool = False,
+            device: DeviceLike = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         """
         Args:
@@ -374,6 +394,8 @@ class StripMLP(PyramidNet):
             drop_path_rate: stochastic depth; the official models use 0.1 in every block.
             drop_path_schedule: 'constant' (official: the same rate in every block) or 'linear' (0 to the rate).
             deploy: accepted for the common interface; Strip-MLP has no separate inference form.
+            device, dtype: where and in what floating-point dtype to build the parameters and buffers (timm 1.0's
+                factory arguments; :func:`mlpvision.models._factory.factory_kwargs`).
         """
         super().__init__()
         num_stages = len(depths)
@@ -409,13 +431,16 @@ class StripMLP(PyramidNet):
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], mlp_ratio=mlp_ratio, use_grn=use_grn,
                 num_patches=num_patches, strip_width=strip_width, cascade=cascade,
                 use_cgsmm=use_cgsmm, use_lsmm=use_lsmm, lsmm_kernel=lsmm_kernel))
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.ModuleList(stages)  # not a Sequential: each stage also takes and returns the carried skips
         self.norm = nn.BatchNorm2d(dims[-1])
         self.feature_info = [dict(num_chs=d, reduction=4 * 2 ** i, module=f'stages.{i}') for i, d in enumerate(dims)]
         self._init_head(dims[-1], num_classes, global_pool, drop_rate)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        check_input(x, self.in_chans, img_size=self.img_size, model_name=type(self).__name__)
+    @torch.jit.ignore  # Python (the error message reads the class); TorchScript calls back into it
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        # every argument, by position: a traced graph scripted afterwards (torch.jit.script of an FX GraphModule)
+        # calls the ignored check through a stub that knows no defaults and passes keywords by position
+        return check_input(x, self.in_chans, self.img_size, None, type(self).__name__, None)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -437,7 +462,7 @@ class StripMLP(PyramidNet):
         x = self.forward_stem(x)
         carry: list[torch.Tensor] = []
         for stage in self.stages:
-            x, carry = self.forward_stage(stage, x, carry)
+            x, carry = stage(x, carry)  # as forward_stage (TorchScript takes no module argument)
         return self.norm(x)
 
     def forward_stage(
