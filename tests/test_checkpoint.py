@@ -264,3 +264,21 @@ def test_checkpoint_of_another_variant_into_deploy_names_the_train_form(s12, tmp
     path = save_state_dict(s12, tmp_path / 's12.safetensors')
     with pytest.raises(CheckpointError, match=r'resmlp_s24 in its train form .*missing keys: blocks\.12\.'):
         mlpvision.create_model('resmlp_s24', deploy=True, checkpoint_path=path)
+
+
+@pytest.mark.parametrize('name', ['resmlp_s12', 'hire_mlp_tiny', 'repmlpnet_t224'])
+def test_pretrained_train_form_weights_fold_into_deploy_form(name, tmp_path):
+    """pretrained=True with deploy=True (mlpvision's and timm's create_model): the released train-form weights are
+    folded on load, and the deploy model gives the official logits."""
+    import timm
+
+    rec = parity_record(name)
+    path = tmp_path / 'official.pth'
+    torch.save({'model': fill_state_dict(rec['schema'])}, path)
+    x, ref = make_input(**rec['input']), torch.tensor(rec['logits'])
+    for create in (mlpvision.create_model, timm.create_model):
+        model = create(name, pretrained=True, deploy=True, pretrained_cfg_overlay=dict(file=str(path)))
+        assert mlpvision.is_reparameterized(model)
+        with torch.no_grad():
+            err = (model.eval()(x) - ref).abs().max()
+        assert err <= 1e-4 * ref.abs().max()

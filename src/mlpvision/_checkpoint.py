@@ -136,9 +136,9 @@ def register_checkpoint_filter(cls: type[nn.Module] | tuple[type[nn.Module], ...
     return fn
 
 
-def checkpoint_filter(model: nn.Module) -> FilterFn | None:
-    """The key-mapping filter registered for ``type(model)``, or None (keys load as they are)."""
-    return _FILTERS.get(type(model))
+def checkpoint_filter(model: nn.Module | type[nn.Module]) -> FilterFn | None:
+    """The key-mapping filter registered for ``type(model)`` (or the class given), or None (keys load as they are)."""
+    return _FILTERS.get(model if isinstance(model, type) else type(model))
 
 
 def _mapped(model: nn.Module, sd: dict[str, torch.Tensor], source: str, filter_fn: FilterFn | None) -> dict:

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 import timm
 import torch.nn as nn
-from timm.models import generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as _timm_register_model
 
-from .._checkpoint import load_checkpoint
+from .._checkpoint import checkpoint_filter, load_checkpoint
+from .._reparam import reparameterize
 from ..errors import UsageError
 
-__all__ = ['register_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint', 'model_family',
+__all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint',
+           'model_family',
            'ModelMeta', 'generate_cfgs', 'model_meta']
 
 _MODEL_NAMES: dict[str, str] = {}  # name -> family (module file name)
@@ -83,8 +85,9 @@ def create_model(
 
     Args:
         name: a registered name (``mlpvision.list_models()``), optionally with a ``.tag``.
-        pretrained: load the weights named by the pretrained cfg through timm (downloads; not used by tests). The
-            policy above applies to ``checkpoint_path`` only.
+        pretrained: load the weights named by the pretrained cfg through timm (downloads; tests point the cfg at
+            local files). With ``deploy=True`` the released train-form weights are folded the same way
+            (:func:`build_model`).
         checkpoint_path: a local checkpoint, either in the official repository's format (bare state_dict or under
             'model' / 'state_dict' / 'model_ema') or mlpvision's own (.safetensors or .pth). A checkpoint that
             cannot be read, that the family's filter cannot map, or that does not fit (missing, unexpected or
@@ -112,6 +115,29 @@ def create_model(
 
 
 _FEATURE_ARGS = ('features_only', 'out_indices', 'feature_cls')  # what timm's build_model_with_cfg takes for itself
+
+
+def build_model(cls: type[nn.Module], variant: str, pretrained: bool = False, feature_cfg: dict | None = None,
+                **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for an mlpvision family: what every family's ``_create_*`` calls.
+
+    Pretrained weights go through the key-mapping filter registered for ``cls`` (the one the checkpoint loader
+    uses too), and follow the same train-to-deploy policy as ``create_model(checkpoint_path=...)``: with
+    ``deploy=True`` the released weights (train form) load into the train form, which is re-parameterised, and the
+    folded weights load into the deploy-form model (``features_only`` included). This holds for
+    ``timm.create_model(name, pretrained=True, deploy=True)`` too.
+    """
+    filter_fn = checkpoint_filter(cls)
+    if pretrained and kwargs.get('deploy'):
+        train_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_ARGS}
+        train = build_model_with_cfg(cls, variant, True, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg,
+                                     **dict(train_kwargs, deploy=False))
+        folded = reparameterize(train, inplace=True).state_dict()
+        # a state_dict in the cfg is timm's first choice of source (before file, url and hub); ours pass the filter
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, source='',
+                                                state_dict=folded)
+    return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg,
+                                **kwargs)
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,13 @@ import torch
 import torch.fx
 import torch.nn as nn
 from timm.layers import DropPath, GroupNorm1, register_notrace_module, trunc_normal_
-from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import Mlp, PointwiseConv, ProjectedMixer
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
@@ -339,9 +338,8 @@ register_checkpoint_filter(ASMLP, checkpoint_filter_fn)
 
 
 def _create_as_mlp(variant: str, pretrained: bool = False, **kwargs) -> ASMLP:
-    return build_model_with_cfg(
+    return build_model(
         ASMLP, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs)
 

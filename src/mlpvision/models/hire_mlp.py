@@ -70,7 +70,6 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module, trunc_normal_
-from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
 from ..layers import (
@@ -87,7 +86,7 @@ from ..layers import (
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 __all__ = ['HireMLP', 'HireMLPBlock', 'HireModule', 'RegionMlp', 'HireMLPNet', 'HireBlock']
 
@@ -576,9 +575,8 @@ register_checkpoint_filter(HireMLP, checkpoint_filter_fn)
 
 
 def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireMLP:
-    return build_model_with_cfg(
+    return build_model(
         HireMLP, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs)
 

@@ -77,13 +77,12 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, register_notrace_module
-from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
 from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 __all__ = ['RepMLPBlock', 'RepMLPResNet', 'RepMLPCifarNet', 'RepMLPLightBlock', 'RepMLPBottleneckBlock']
 
@@ -552,9 +551,8 @@ register_checkpoint_filter((RepMLPResNet, RepMLPCifarNet), checkpoint_filter_fn)
 
 
 def _create(cls: type[nn.Module], variant: str, pretrained: bool, out_indices: tuple[int, ...], **kwargs):
-    return build_model_with_cfg(
+    return build_model(
         cls, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
         **kwargs)
 

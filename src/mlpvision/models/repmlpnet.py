@@ -71,13 +71,12 @@ import torch
 import torch.fx
 import torch.nn as nn
 from timm.layers import DropPath, register_notrace_function, register_notrace_module
-from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, PointwiseConv, bn_scale_shift, conv_to_fc, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 __all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
 
@@ -357,9 +356,8 @@ register_checkpoint_filter(RepMLPNet, checkpoint_filter_fn)
 
 
 def _create_repmlpnet(variant: str, pretrained: bool = False, **kwargs) -> RepMLPNet:
-    return build_model_with_cfg(
+    return build_model(
         RepMLPNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
         **kwargs)
 

@@ -58,12 +58,11 @@ import re
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, PatchEmbed, register_notrace_module, trunc_normal_
-from timm.models import build_model_with_cfg
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import Mlp
 from ._base import IsotropicNet, to_2tuple_int
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 __all__ = ['ResMLP', 'ResMLPBlock', 'Affine']
 
@@ -290,9 +289,8 @@ def _create_resmlp(variant: str, pretrained: bool = False, **kwargs) -> ResMLP:
     depth = kwargs.get('depth', 12)
     step = max(depth // 4, 1)
     out_indices = kwargs.pop('out_indices', tuple(range(step - 1, depth, step))[-4:])
-    return build_model_with_cfg(
+    return build_model(
         ResMLP, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
 

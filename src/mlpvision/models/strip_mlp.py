@@ -78,14 +78,13 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, register_notrace_module, trunc_normal_
-from timm.models import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import GRN, Linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, generate_cfgs, register_model
+from ._registry import ModelMeta, build_model, generate_cfgs, register_model
 
 __all__ = ['StripMLP', 'StripBlock', 'StripMixing', 'CGSMM', 'LSMM', 'ChannelMixing', 'GRN', 'official_num_patches']
 
@@ -542,9 +541,8 @@ register_checkpoint_filter(StripMLP, checkpoint_filter_fn)
 
 
 def _create_strip_mlp(variant: str, pretrained: bool = False, **kwargs) -> StripMLP:
-    return build_model_with_cfg(
+    return build_model(
         StripMLP, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
 
