@@ -13,9 +13,10 @@ peaks (:func:`mlpvision.bench.gemm_peaks`) and the torch / oneDNN versions, then
 its ratio to the official fp32 entry (ratio of medians and median of the per-repeat ratios).
 
 Entries: official fp32 (and the official deploy form for RepMLPNet, after its ``locality_injection()``); ours fp32,
-ours fp32 deploy form (where the family has one), ours bf16 autocast, ours bf16 deploy form. ``--train`` times a
-training step instead (train mode, SGD-free: forward, cross-entropy, backward; fp32), for the official model and
-ours.
+ours fp32 deploy form (where the family has one), ours bf16 autocast, ours bf16 deploy form; ``--plain`` adds ours
+in fp32 without the oneDNN layer paths, ``--compile`` adds ``torch.compile(dynamic=False)`` of the bf16 deploy form
+(minutes of compilation in the warm-up). ``--train`` times a training step instead (train mode: zero_grad, forward,
+cross-entropy, backward; no optimizer step; fp32), for the official model and ours.
 
 Shims, applied in this harness and never in the official files: timm's ``register_model`` is the identity while
 they are imported (their names would otherwise replace mlpvision's in timm's registry); the module
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--train', action='store_true', help='time a training step (fp32) instead of inference')
+    ap.add_argument('--compile', action='store_true', help='add torch.compile(dynamic=False) of the bf16 deploy form')
+    ap.add_argument('--plain', action='store_true',
+                    help="add ours in fp32 without the oneDNN layer paths (set_onednn_linear(False))")
     ap.add_argument('--official-dir', type=Path, default=ROOT / 'benchmarks' / 'official')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             check(deploy, 'mlpvision deploy form')
 
-    entries: list[tuple[str, torch.nn.Module, torch.dtype | None]] = [('official_fp32', official, None)]
+    entries: list[tuple[str, torch.nn.Module, torch.dtype | str | None]] = [('official_fp32', official, None)]
     if args.train:
         entries.append(('ours_fp32', ours, None))
     else:
@@ -140,11 +144,23 @@ def main(argv: list[str] | None = None) -> None:
         entries.append(('ours_bf16', ours, torch.bfloat16))
         if deploy is not None:
             entries.append(('ours_deploy_bf16', deploy, torch.bfloat16))
+        if args.plain:
+            entries.append(('ours_plain_fp32', ours, 'plain'))
+        if args.compile:
+            entries.append(('ours_best_compiled_bf16', torch.compile(deploy or ours, dynamic=False), torch.bfloat16))
 
     x = torch.randn(args.batch, *x_fixture.shape[1:], generator=torch.Generator().manual_seed(0))
     target = torch.randint(0, rec.get('num_classes', 1000), (args.batch,), generator=torch.Generator().manual_seed(1))
 
-    def call(model: torch.nn.Module, dtype: torch.dtype | None) -> None:
+    from mlpvision.layers.fast_linear import set_onednn_linear
+
+    def call(model: torch.nn.Module, dtype: torch.dtype | str | None) -> None:
+        if dtype == 'plain':
+            previous = set_onednn_linear(False)
+            try:
+                return call(model, None)
+            finally:
+                set_onednn_linear(previous)
         autocast = torch.autocast('cpu', dtype=dtype) if dtype else contextlib.nullcontext()
         if args.train:
             model.train()
