@@ -125,23 +125,28 @@ class _Stop(Exception):
     pass
 
 
+def _fit_until_saved_at_step(cfg, step, monkeypatch):
+    """Run ``fit(cfg)`` and stop it right after the checkpoint written at global step ``step`` (a crash there)."""
+    save = TrainState.save
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.global_step == step:
+            raise _Stop
+
+    monkeypatch.setattr(TrainState, 'save', save_then_stop)
+    with pytest.raises(_Stop):
+        fit(cfg)
+    monkeypatch.undo()
+
+
 def test_resume_mid_epoch_continues_exactly(tmp_path, monkeypatch):
     """A run stopped right after a mid-epoch step checkpoint and resumed matches an uninterrupted run bit for bit
     (every RNG consumer on: mixup/cutmix, RandAugment, random erasing, drop path; EMA)."""
     kw = dict(epochs=2, mixup=0.8, cutmix=1.0, reprob=0.25, model_ema=True, drop_path_rate=0.1, deterministic=True,
               aa='rand-m9-mstd0.5-inc1', checkpoint_every_steps=3)  # 4 steps per epoch: step 6 is mid epoch 2
     full = fit(make_config(dict(TINY, output=str(tmp_path / 'a'), **kw)))
-    save = TrainState.save
-
-    def save_then_stop(self, *args, **kwargs):
-        save(self, *args, **kwargs)
-        if self.global_step == 6:
-            raise _Stop
-
-    monkeypatch.setattr(TrainState, 'save', save_then_stop)
-    with pytest.raises(_Stop):
-        fit(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)))
-    monkeypatch.undo()
+    _fit_until_saved_at_step(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)), 6, monkeypatch)
     stopped = torch.load(tmp_path / 'b' / 'last.pth', weights_only=True)
     assert (stopped['epoch'], stopped['step_in_epoch'], stopped['global_step']) == (1, 2, 6)
     resumed = fit(resolve_config(None, dict(resume=str(tmp_path / 'b' / 'last.pth'))))
@@ -254,17 +259,7 @@ def test_data_in_memory_trains_caches_and_resumes_exactly(tmp_path, monkeypatch)
     assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == [
         'decoded-fake-3x32x32-train.npz', 'decoded-fake-3x32x32-val.npz']
     assert full.final is not None and full.final.n == 8  # fake val split: 16 // 4 = 4, at least 8
-    save = TrainState.save
-
-    def save_then_stop(self, *args, **kwargs):
-        save(self, *args, **kwargs)
-        if self.global_step == 6:
-            raise _Stop
-
-    monkeypatch.setattr(TrainState, 'save', save_then_stop)
-    with pytest.raises(_Stop):
-        fit(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)))
-    monkeypatch.undo()
+    _fit_until_saved_at_step(make_config(dict(TINY, output=str(tmp_path / 'b'), **kw)), 6, monkeypatch)
     resumed = fit(resolve_config(None, dict(resume=str(tmp_path / 'b' / 'last.pth'))))
     a, b = (torch.load(r.last, weights_only=True)['model'] for r in (full, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
