@@ -196,8 +196,15 @@ def test_channels_last_only_changes_the_storage(name, kw, size):
     target = torch.tensor([1, 2])
     for m in (ref.train(), cl.train()):
         F.cross_entropy(m(x), target).backward()
+    # a conv bias right before a training-mode BatchNorm has zero gradient (the BN subtracts the batch mean): both
+    # sides hold rounding noise there, which only has to be noise
+    zero = {f'{n}.conv.bias' for n, m in ref.named_modules()
+            if isinstance(getattr(m, 'bn', None), nn.BatchNorm2d) and getattr(m.conv, 'bias', None) is not None}
     for (pname, a), b in zip(cl.named_parameters(), ref.parameters(), strict=True):
-        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, pname
+        if pname in zero:
+            assert max(a.grad.abs().max(), b.grad.abs().max()) <= 1e-5 * a.grad.numel() ** 0.5, pname
+        else:
+            assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, pname
 
 
 # --- timm 1.0's model contract: factory arguments, dtypes, FX, TorchScript ------------------------------------------
