@@ -232,8 +232,8 @@ NOT_SCRIPTABLE = {
     'repmlpnet': 'the Local Perceptron convs are attributes named by kernel size (repconv{k}, the official keys), '
                  'which TorchScript cannot look up by a computed name; the Global Perceptron hands its activation '
                  'module to the oneDNN dispatch of mlpvision.layers.fast_linear',
-    'resmlp': "ResMLP's channel MLPs go through mlpvision.layers.fast_linear.mlp_forward, which takes the Mlp "
-              'module as an argument; TorchScript cannot pass a module as an argument',
+    'resmlp': "ResMLP's channel MLPs (mlpvision.layers.Mlp) hand themselves to the oneDNN dispatch of "
+              'mlpvision.layers.fast_linear (mlp_forward); TorchScript cannot pass a module as an argument',
 }
 
 

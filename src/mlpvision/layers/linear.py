@@ -28,8 +28,13 @@ __all__ = ['Linear', 'PointwiseConv', 'GroupedLinear', 'Mlp', 'ProjectedMixer', 
 
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters) whose forward can apply the activation after it and add a shortcut:
-    ``shortcut + act(linear(x))``, fused on the oneDNN path (:func:`mlpvision.layers.fast_linear.linear`)."""
+    ``shortcut + act(linear(x))``, fused on the oneDNN path (:func:`mlpvision.layers.fast_linear.linear`).
 
+    TorchScript cannot type the activation argument: a scripted caller computes ``F.linear`` with this layer's
+    ``weight`` and ``bias`` itself (as Strip-MLP's channel mixing does), and the forward here stays Python.
+    """
+
+    @torch.jit.ignore
     def forward(self, x: torch.Tensor, act: nn.Module | None = None,
                 shortcut: torch.Tensor | None = None) -> torch.Tensor:
         return linear(x, self.weight, self.bias, act, shortcut)

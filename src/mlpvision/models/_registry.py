@@ -17,8 +17,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as _timm_register_model
 
-from .._checkpoint import checkpoint_filter, load_checkpoint
-from .._reparam import reparameterize
+from .._checkpoint import CheckpointError, checkpoint_filter, load_checkpoint, load_weights
 from ..errors import UsageError
 
 __all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint',
@@ -122,20 +121,28 @@ def build_model(cls: type[nn.Module], variant: str, pretrained: bool = False, fe
     """timm's ``build_model_with_cfg`` for an mlpvision family: what every family's ``_create_*`` calls.
 
     Pretrained weights go through the key-mapping filter registered for ``cls`` (the one the checkpoint loader
-    uses too), and follow the same train-to-deploy policy as ``create_model(checkpoint_path=...)``: with
-    ``deploy=True`` the released weights (train form) load into the train form, which is re-parameterised, and the
-    folded weights load into the deploy-form model (``features_only`` included). This holds for
+    uses too) and follow the same train-to-deploy policy as ``create_model(checkpoint_path=...)``: into a model
+    built with ``deploy=True``, deploy-form weights load directly and the released train-form weights are loaded into
+    a train-form twin, re-parameterised and then loaded (``features_only`` included). This holds for
     ``timm.create_model(name, pretrained=True, deploy=True)`` too.
     """
     filter_fn = checkpoint_filter(cls)
     if pretrained and kwargs.get('deploy'):
-        train_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_ARGS}
-        train = build_model_with_cfg(cls, variant, True, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg,
-                                     **dict(train_kwargs, deploy=False))
-        folded = reparameterize(train, inplace=True).state_dict()
-        # a state_dict in the cfg is timm's first choice of source (before file, url and hub); ours pass the filter
-        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, source='',
-                                                state_dict=folded)
+        twin_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_ARGS + ('pretrained_cfg_overlay',)}
+
+        def train_form() -> nn.Module:
+            return build_model_with_cfg(cls, variant, False, feature_cfg=feature_cfg, **dict(twin_kwargs,
+                                                                                             deploy=False))
+
+        def fold_filter(state_dict: dict, model: nn.Module) -> dict:
+            try:
+                load_weights(model, state_dict, 'Pretrained weights', filter_fn, train_form)
+            except CheckpointError:  # e.g. a classifier timm is about to drop: timm's own checks take over
+                return filter_fn(state_dict, model) if filter_fn is not None else state_dict
+            return model.state_dict()
+
+        return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=fold_filter,
+                                    feature_cfg=feature_cfg, **kwargs)
     return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg,
                                 **kwargs)
 

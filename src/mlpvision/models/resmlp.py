@@ -50,6 +50,10 @@ a tag of the same entrypoint, loaded strictly. Either through ``mlpvision.create
 checkpoint_path=...)`` or through timm's loader: ``timm.create_model('resmlp_s12', pretrained=True,
 pretrained_cfg_overlay=dict(hf_hub_id='timm/resmlp_12_224.fb_in1k'))`` (tested offline with a local file on the
 same loader, ``tests/test_resmlp.py``).
+
+TorchScript does not apply: the channel MLPs (:class:`mlpvision.layers.Mlp`) hand themselves to the oneDNN dispatch of
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument (``torch.fx`` tracing works:
+the blocks are FX leaves).
 """
 from __future__ import annotations
 
