@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import typing
 
 from ._common import MODEL_KWARGS_HELP, parse_model_kwargs
@@ -84,6 +85,18 @@ def print_summary(result: typing.Any) -> None:
     print(f'config:      {result.config_yaml}')
 
 
+def bare_train_notice(cfg: typing.Any) -> str:
+    """What a ``train`` without a recipe or options is about to do, and how to choose instead."""
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(cfg.model)
+    size = cfg.img_size or (pcfg.input_size[-1] if pcfg is not None else '?')
+    return (f'no --recipe and no options given: training the defaults, {cfg.model} on {cfg.dataset} for '
+            f'{cfg.epochs} epochs at {size} px (a paper-length run). Pick a recipe with --recipe NAME (names: '
+            f'mlpvision train --list-recipes; a quick one: --recipe digits) or set --dataset, --model and --epochs; '
+            f'Ctrl-C saves a checkpoint and stops.')
+
+
 def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.config import list_recipes, recipe_dir
 
@@ -95,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from mlpvision.engine.train import fit, resolve_config
 
-    cfg = resolve_config(args.recipe, overrides_from_args(args))
+    overrides = overrides_from_args(args)
+    cfg = resolve_config(args.recipe, overrides)
+    if args.recipe is None and not overrides:
+        print(bare_train_notice(cfg), file=sys.stderr)
     result = fit(cfg)
     if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only the primary process reports
         print_summary(result)

@@ -1,0 +1,166 @@
+"""A newcomer's first real run (issue 17): the console script's first stage (help without torch, OpenMP's wait
+policy), the thread split, interrupting and resuming a real training process, and what `train` says at start."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import _mlpvision_cli
+from mlpvision.cli.main import build_parser, main
+from mlpvision.engine.config import make_config
+from mlpvision.engine.train import _StopRequest, resolve_config, thread_split
+
+ROOT = Path(__file__).parents[1]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
+ENV.pop('OMP_WAIT_POLICY', None)
+MODEL = ['--model', 'resmlp_s12', '--model-kwargs', 'embed_dim=16', 'depth=1', 'patch_size=8', '--img-size', '32']
+
+
+def _python(code: str, env: dict | None = None) -> str:
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env or ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+# -- the first stage ----------------------------------------------------------------------------------------------
+def test_help_and_version_do_not_import_torch():
+    out = _python('import sys, _mlpvision_cli\n'
+                  'for argv in (["--help"], ["--version"]):\n'
+                  '    try:\n'
+                  '        _mlpvision_cli.main(argv)\n'
+                  '    except SystemExit as e:\n'
+                  '        assert e.code == 0, e.code\n'
+                  'print("imported:", sorted(m for m in ("torch", "timm", "mlpvision") if m in sys.modules))')
+    assert 'usage: mlpvision' in out and 'mlpvision 0.1.0' in out
+    assert out.strip().splitlines()[-1] == 'imported: []', out
+
+
+def test_fast_help_is_the_full_parsers_help(capsys):
+    with pytest.raises(SystemExit):
+        _mlpvision_cli.main(['--help'])
+    assert capsys.readouterr().out == build_parser().format_help()
+    for name, (module, help_) in _mlpvision_cli.SUBCOMMANDS.items():
+        assert __import__(f'mlpvision.cli.{module}', fromlist=['HELP']).HELP == help_, name
+
+
+def test_wait_policy_is_set_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY when torch's runtime loads: the first stage sets it before `import torch`,
+    and keeps a value the user set."""
+    probe = ('import os, sys, _mlpvision_cli\n'
+             'seen = []\n'
+             'class Probe:\n'
+             '    def find_spec(self, name, path=None, target=None):\n'
+             '        if name == "torch" and not seen:\n'
+             '            seen.append(os.environ.get("OMP_WAIT_POLICY"))\n'
+             'sys.meta_path.insert(0, Probe())\n'
+             'assert _mlpvision_cli.main(["models", "--names-only", "resmlp_s12"]) == 0\n'
+             'print("policy at import torch:", seen[0])')
+    assert out_line(_python(probe)) == 'policy at import torch: PASSIVE'
+    assert out_line(_python(probe, dict(ENV, OMP_WAIT_POLICY='ACTIVE'))) == 'policy at import torch: ACTIVE'
+
+
+def out_line(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+# -- threads ------------------------------------------------------------------------------------------------------
+def test_thread_split():
+    def split(cores, env=None, **kw):
+        return thread_split(make_config(None, None, kw), cores=cores, env=env or {})[:2]
+
+    assert split(2) == (1, 2)  # the default 2 workers take the 2 cores' share: one compute thread
+    assert split(2, workers=0) == (2, 0)
+    assert split(2, workers=2, data_in_memory=True, train_crop='pad', color_jitter=0.0) == (2, 0)  # no loaders
+    assert split(16, workers=4) == (12, 4)
+    assert split(16, {'LOCAL_WORLD_SIZE': '4'}, workers=2) == (2, 2)  # 4 cores per process, 2 of them loaders
+    assert split(1, workers=8) == (1, 8)  # at least one
+    assert split(16, threads=3) == (3, 2)
+    cfg = make_config(None, None, {})
+    assert thread_split(cfg, cores=8, env={'OMP_NUM_THREADS': '1'})[::3] == (torch.get_num_threads(),
+                                                                             'OMP_NUM_THREADS')
+
+
+# -- interrupts and resume ----------------------------------------------------------------------------------------
+def test_second_sigint_exits_at_once():
+    with _StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT  # the first one only asks
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between bytecodes; never reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group (a loader worker too): the run saves last.pth at the
+    next step boundary, says how to resume, exits 130; the printed command resumes it (with --epochs shortened)."""
+    pytest.importorskip('matplotlib')
+    out = tmp_path / 'run'
+    argv = ['train', '--dataset', 'fake', '--fake-size', '16', '--fake-classes', '4', '--batch-size', '4',
+            '--epochs', '1000', '--output', str(out), *MODEL, '--workers', '1', '--threads', '1',
+            '--no-tensorboard', '--no-progress', '--log-interval', '1']
+    proc = subprocess.Popen([sys.executable, '-m', '_mlpvision_cli', *argv], stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stderr:  # until the first epoch is logged: curves.png must be there by then
+            lines.append(line)
+            if line.startswith('epoch 1/1000  train loss'):
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        lines += proc.stderr.readlines()
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = ''.join(lines)
+    assert rc == 130, err
+    assert 'threads: 1 compute, 1 loader process (of ' in err and '; --threads)' in err
+    assert 'Traceback' not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('mlpvision train: interrupted: stopped by SIGINT at epoch '), err
+    command = last.split('Resume with: ')[1]
+    assert command == f'mlpvision train --resume auto --output {out}'
+    assert (out / 'last.pth').is_file() and (out / 'curves.png').is_file()
+    saved = torch.load(out / 'last.pth', weights_only=True)
+    assert saved['global_step'] >= 4  # at least the first epoch
+
+    resumed = subprocess.run([sys.executable, '-m', '_mlpvision_cli', *command.split()[1:], '--epochs',
+                              str(saved['epoch'] + 2)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f'resumed from {out / "last.pth"}: epoch {saved["epoch"] + 1}, step {saved["step_in_epoch"]}' \
+        in resumed.stderr
+    rows = (out / 'metrics.csv').read_text().splitlines()[1:]
+    assert [int(r.split(',')[0]) for r in rows] == list(range(1, saved['epoch'] + 3))
+    resolved = yaml.safe_load((out / 'config.yaml').read_text())['resolved']
+    assert '--epochs 1000' in resolved['command'] and '--resume' not in resolved['command']
+    assert len(resolved['resume_commands']) == 1 and '--resume auto' in resolved['resume_commands'][0]
+
+
+def test_resume_auto_with_nothing_to_resume_says_so(tmp_path, caplog):
+    with caplog.at_level('WARNING', logger='mlpvision.train'):
+        cfg = resolve_config(None, dict(resume='auto', output=str(tmp_path / 'new'), epochs=3))
+    assert cfg.resume is None and cfg.epochs == 3
+    assert f'--resume auto: nothing to resume (no {tmp_path / "new" / "last.pth"}); starting the run the other ' \
+           f'options describe' in caplog.text
+
+
+def test_bare_train_says_what_it_will_do(capsys, monkeypatch):
+    import mlpvision.engine.train as engine
+
+    def no_fit(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, 'fit', no_fit)
+    assert main(['train']) == 130
+    err = capsys.readouterr().err
+    assert err.startswith('no --recipe and no options given: training the defaults, resmlp_s12 on digits for 300 '
+                          'epochs at 224 px (a paper-length run). Pick a recipe with --recipe NAME'), err
+    assert main(['train', '--epochs', '1']) == 130  # any option: no notice
+    assert 'no --recipe' not in capsys.readouterr().err
