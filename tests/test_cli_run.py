@@ -164,3 +164,54 @@ def test_bare_train_says_what_it_will_do(capsys, monkeypatch):
                           'epochs at 224 px (a paper-length run). Pick a recipe with --recipe NAME'), err
     assert main(['train', '--epochs', '1']) == 130  # any option: no notice
     assert 'no --recipe' not in capsys.readouterr().err
+
+
+# -- defaults that are said ---------------------------------------------------------------------------------------
+def test_train_help_shows_every_default():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices['train']
+    missing = [a.option_strings[-1] for a in train._actions
+               if a.option_strings and a.dest not in ('help', 'list_recipes') and 'default' not in (a.help or '')]
+    assert missing == []
+    text = train.format_help()
+    for said in ('colour jitter strength (0: off; off anyway with RandAugment) (default: 0.4)',
+                 'label smoothing (default: 0.1)', '(default: --plot)', '(default: --no-data-in-memory)'):
+        assert said in ' '.join(text.split()), said
+
+
+def test_a_tiny_run_says_what_is_in_effect(tmp_path, capsys, caplog):
+    """The start-up summary names the augmentations, regularisers and thread split; a log written to a file gets
+    step lines by time as well as by count, and one at each end of the evaluation; --no-plot is said as such; predict
+    says once that it resizes."""
+    out = tmp_path / 'run'
+    threads = torch.get_num_threads()
+    with caplog.at_level('INFO'):
+        try:
+            rc = main(['train', '--dataset', 'fake', '--fake-size', '16', '--fake-classes', '4', '--batch-size', '4',
+                       '--epochs', '1', '--output', str(out), *MODEL, '--workers', '0', '--threads', '1',
+                       '--no-tensorboard', '--no-plot', '--no-progress', '--log-interval', '0',
+                       '--log-seconds', '1e-9'])
+        finally:
+            torch.set_num_threads(threads)
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert 'plot:        - (--no-plot)' in printed
+    log = caplog.text
+    assert 'augmentation: RandomResizedCrop scale 0.08-1 ratio 0.75-1.33 (default), hflip 0.5 (default), no ' \
+           'auto-augment (default), colour jitter 0.4 (default), no random erasing (default)' in log
+    assert 'regularisation: label smoothing 0.1 (default), weight decay 0.05 (default)' in log
+    assert 'threads: 1 compute, 0 loader processes (of ' in log
+    assert [f'step {i}/4' in log for i in range(1, 5)] == [True] * 4  # by time: every step with 1e-9 s
+    assert 'eval: 1 batch ...' in log and 'eval: 8 images in ' in log
+
+    from PIL import Image
+    for i, size in enumerate([(64, 40), (50, 30)]):
+        Image.new('RGB', size, (i * 90, 30, 60)).save(tmp_path / f'{i}.png')
+    caplog.clear()
+    with caplog.at_level('INFO'):
+        assert main(['predict', str(out / 'best.pth'), str(tmp_path / '0.png'), str(tmp_path / '1.png'),
+                     '--threads', '1']) == 0
+    # resmlp's crop_pct 0.9: floor(32 / 0.9) = 35
+    notices = [r.getMessage() for r in caplog.records if 'resized' in r.getMessage()]
+    assert notices == [f"images are resized (shorter side to 35 px, bicubic) and centre-cropped to 32x32, the "
+                       f"model's input (first: {tmp_path / '0.png'}, 64x40)"]

@@ -131,9 +131,11 @@ class TrainConfig:
     checkpoint_every_steps: int = _f(0, 'also save last.pth every N optimizer steps (0: at epoch ends only)')
     eval_every: int = _f(1, 'evaluate every N epochs (and after the last)')
     log_interval: int = _f(50, 'steps between log lines when there is no progress bar')
+    log_seconds: float = _f(60.0, 'also a log line when this many seconds passed since the last one, when there is '
+                                  'no progress bar (0: off)')
     progress: bool | None = _f(None, 'progress bars (default: when stderr is a terminal)')
     tensorboard: bool = _f(True, 'write TensorBoard logs when tensorboard is installed')
-    plot: bool = _f(True, 'write curves.png at the end (matplotlib)')
+    plot: bool = _f(True, 'write curves.png after every epoch (matplotlib)')
     # recipe bookkeeping (not options)
     recipe: str | None = _f(None, 'the recipe file this configuration came from', cli=False)
 

@@ -57,7 +57,7 @@ from .metrics import MetricsLog, plot_curves, progress_bar
 
 __all__ = ['fit', 'train', 'train_one_epoch', 'build_context', 'TrainContext', 'TrainResult', 'TrainState', 'Meters',
            'build_model', 'takes_img_size', 'describe_model', 'resolve_config', 'NonFiniteLossError',
-           'BatchSizeError', 'TrainingInterrupted', 'thread_split', 'resume_command']
+           'BatchSizeError', 'TrainingInterrupted', 'thread_split', 'resume_command', 'regimen']
 
 _logger = logging.getLogger('mlpvision.train')
 
@@ -600,7 +600,7 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
     bar = progress_bar(range(ctx.steps - state.step_in_epoch), ctx.progress and info.primary, desc=desc,
                        total=ctx.steps, initial=state.step_in_epoch)
     bar_update = getattr(bar, 'update', None)
-    t0 = time.perf_counter()
+    t0 = t_logged = time.perf_counter()
     for batch in ctx.train_loader:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if len(batch) > 2:
@@ -655,7 +655,9 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
             bar_update(1)
             bar.set_postfix_str(f'loss {meters.loss:.4f} acc {meters.acc1:.1f}% lr {lr:.2e} {ips:.0f} img/s',
                                 refresh=False)
-        elif info.primary and cfg.log_interval and state.step_in_epoch % cfg.log_interval == 0:
+        elif info.primary and ((cfg.log_interval and state.step_in_epoch % cfg.log_interval == 0)
+                               or (cfg.log_seconds and now - t_logged >= cfg.log_seconds)):
+            t_logged = now
             _logger.info('%s step %d/%d  loss %.4f  acc %.1f%%  lr %.2e  %.0f img/s', desc, state.step_in_epoch,
                          ctx.steps, meters.loss, meters.acc1, lr, ips)
         if on_step is not None:
@@ -883,7 +885,51 @@ def log_start(ctx: TrainContext) -> None:
     if ctx.threads:
         _logger.info(ctx.threads)
     _logger.info('optimizer: %s, %s', cfg.opt, ctx.lr_text)
+    augment, regularise = regimen(cfg, ctx.model_kwargs)
+    _logger.info('augmentation: %s', augment)
+    _logger.info('regularisation: %s', regularise)
     _logger.info('output: %s', ctx.output)
+
+
+def regimen(cfg: TrainConfig, model_kwargs: dict | None = None) -> tuple[str, str]:
+    """The augmentations and the regularisers in effect, as two start-up lines; values left at their default
+    (:class:`TrainConfig`'s, not asked for by a recipe or a flag unless those give the same value) say so."""
+    defaults = TrainConfig()
+
+    def said(name: str, text: str) -> str:
+        return f'{text} (default)' if getattr(cfg, name) == getattr(defaults, name) else text
+
+    if cfg.train_crop == 'pad':
+        crop = said('train_crop', 'random crop after 4 px padding')
+    else:
+        scale, ratio = cfg.scale or (0.08, 1.0), cfg.ratio or (3 / 4, 4 / 3)
+        crop = said('train_crop', f'RandomResizedCrop scale {scale[0]:g}-{scale[1]:g} ratio '
+                                  f'{ratio[0]:.3g}-{ratio[1]:.3g}')
+    aa = cfg.aa not in (None, '', 'none')
+    augment = [crop, said('hflip', f'hflip {cfg.hflip:g}' if cfg.hflip else 'no hflip')]
+    augment.append(said('aa', f'RandAugment {cfg.aa}' if aa else 'no auto-augment'))
+    if not aa:  # timm ignores colour jitter when an auto-augment policy is given
+        augment.append(said('color_jitter', f'colour jitter {cfg.color_jitter:g}' if cfg.color_jitter
+                            else 'no colour jitter'))
+    augment.append(said('reprob', f'random erasing {cfg.reprob:g} ({cfg.remode}, x{cfg.recount})' if cfg.reprob
+                        else 'no random erasing'))
+    if cfg.mixup_active:
+        augment.append(f'mixup {cfg.mixup:g} / cutmix {cfg.cutmix:g} (prob {cfg.mixup_prob:g}, {cfg.mixup_mode})')
+    else:
+        augment.append(said('mixup', 'no mixup/cutmix'))
+    if cfg.aug_repeats > 1:
+        augment.append(f'repeated augmentation x{cfg.aug_repeats}')
+    kw = model_kwargs or {}
+    regularise = [
+        said('smoothing', f'label smoothing {cfg.smoothing:g}' if cfg.smoothing else 'no label smoothing'),
+        said('weight_decay', f'weight decay {cfg.weight_decay:g}'),
+        f'drop path {cfg.drop_path_rate:g}' if cfg.drop_path_rate is not None else
+        f'drop path {kw["drop_path_rate"]:g}' if 'drop_path_rate' in kw else "drop path: the model's default",
+        f'dropout {cfg.drop_rate:g}' if cfg.drop_rate is not None else "dropout: the model's default",
+        said('model_ema', f'EMA {cfg.model_ema_decay:g}' if cfg.model_ema else 'no EMA'),
+        said('clip_grad', f'gradient clipping {cfg.clip_grad:g} ({cfg.clip_mode})' if cfg.clip_grad
+             else 'no gradient clipping')]
+    return ', '.join(augment), ', '.join(regularise)
 
 
 def _log_epoch(row: dict, epochs: int) -> None:
