@@ -215,3 +215,24 @@ def test_a_tiny_run_says_what_is_in_effect(tmp_path, capsys, caplog):
     notices = [r.getMessage() for r in caplog.records if 'resized' in r.getMessage()]
     assert notices == [f"images are resized (shorter side to 35 px, bicubic) and centre-cropped to 32x32, the "
                        f"model's input (first: {tmp_path / '0.png'}, 64x40)"]
+
+
+# -- pictures -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('classes', [
+    ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'],  # CIFAR-10
+    [str(i) for i in range(10)], [f'class_{i}' for i in range(25)]])
+def test_confusion_matrix_names_do_not_overlap(tmp_path, classes):
+    pytest.importorskip('matplotlib')
+    from mlpvision.engine.metrics import plot_confusion
+
+    n = len(classes)
+    figs = []
+    assert plot_confusion(torch.eye(n, dtype=torch.int64) * 5, classes, tmp_path / 'cm.png', figure=figs)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figs[0]).get_renderer()
+    figs[0].draw(renderer)
+    boxes = [t.get_window_extent(renderer) for t in figs[0].axes[0].get_xticklabels()]
+    assert len(boxes) == n
+    overlaps = [(classes[i], classes[i + 1]) for i in range(n - 1) if boxes[i].overlaps(boxes[i + 1])]
+    assert overlaps == []
