@@ -236,3 +236,26 @@ def test_confusion_matrix_names_do_not_overlap(tmp_path, classes):
     assert len(boxes) == n
     overlaps = [(classes[i], classes[i + 1]) for i in range(n - 1) if boxes[i].overlaps(boxes[i + 1])]
     assert overlaps == []
+
+
+# -- the model table ----------------------------------------------------------------------------------------------
+def test_models_table_cache_equals_a_fresh_table(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mlpvision.model_table import cache_path, format_rows, model_rows
+
+    monkeypatch.setenv('MLPVISION_CACHE', str(tmp_path))
+    assert main(['models', 'resmlp_s1*']) == 0
+    first = capsys.readouterr().out
+    path = cache_path()
+    assert path.parent == tmp_path and path.is_file()
+    fresh = model_rows('resmlp_s1*')
+    assert model_rows('resmlp_s1*', cache=True) == fresh and format_rows(fresh) == first
+    assert [r['model'] for r in json.loads(path.read_text())] == ['resmlp_s12']
+    assert model_rows('repmlp_cifar_pure', cache=True)[0].paper_data == 'CIFAR-10'  # added to the file
+    assert [r['model'] for r in json.loads(path.read_text())] == ['resmlp_s12', 'repmlp_cifar_pure']
+
+    rows = json.loads(path.read_text())  # the file is what later runs read
+    rows[0]['params'] = 1
+    path.write_text(json.dumps(rows))
+    assert model_rows('resmlp_s12', cache=True)[0].params == 1 and model_rows('resmlp_s12')[0].params != 1
