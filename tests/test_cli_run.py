@@ -259,3 +259,19 @@ def test_models_table_cache_equals_a_fresh_table(tmp_path, monkeypatch, capsys):
     rows[0]['params'] = 1
     path.write_text(json.dumps(rows))
     assert model_rows('resmlp_s12', cache=True)[0].params == 1 and model_rows('resmlp_s12')[0].params != 1
+
+
+def test_missing_val_folder_suggests_the_folders_there(tmp_path, capsys):
+    from PIL import Image
+
+    data = tmp_path / 'data'
+    for split in ('train', 'test'):
+        (data / split / 'a').mkdir(parents=True)
+        Image.new('RGB', (8, 8)).save(data / split / 'a' / '0.png')
+    rc = main(['train', '--dataset', 'imagefolder', '--data-dir', str(data), '--output', str(tmp_path / 'run'),
+               *MODEL, '--workers', '0', '--threads', '1', '--no-tensorboard', '--no-plot', '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        f"mlpvision train: error: dataset folder {str(data)!r} has no 'val' folder; expected the ImageNet layout "
+        f"{data}/train/<class>/<images> and {data}/val/<class>/<images>; it has 'test': pass --val-split "
+        f"test if that is the validation set")
