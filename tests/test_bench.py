@@ -98,6 +98,31 @@ def test_paper_figures_beside_measured(tmp_path):
     assert row['latency_p50_ms'] == '' and row['peak_mem_infer_mib'] == ''
     _, cells = _md_rows((tmp_path / 'bench.md').read_text())
     assert cells[0][:6] == ['resmlp_s12', '15.35', '3.01', '15.4M', '3', '76.6']
+    assert cells[0][6] == row['paper_dataset'] == 'ImageNet-1k'
+    _check_png(tmp_path / 'bench.png')
+
+
+def test_plot_keeps_paper_figures_of_one_data_set_together(tmp_path):
+    """repmlp_cifar_pure's 91.11% is CIFAR-10's: it is left off an axis of ImageNet-1k figures, and named."""
+    from mlpvision.bench import BenchResult, plot_points, write_plot
+    from mlpvision.model_table import paper_dataset
+
+    assert paper_dataset('repmlp_cifar_pure') == 'CIFAR-10'
+    assert {paper_dataset(n) for n in mlpvision.list_models() if n != 'repmlp_cifar_pure'} == {'ImageNet-1k'}
+
+    def result(name, top1, img_s, source='mlpvision'):
+        return BenchResult(model=name, source=source, family=name.split('_')[0], form='train', input_size='32x32',
+                           params=1, gmacs=1.0, infer_img_s=img_s, paper_top1=top1,
+                           paper_dataset=paper_dataset(name) if top1 is not None else None)
+
+    results = [result('resmlp_s12', 76.6, 100.0), result('repmlp_cifar_pure', 91.11, 300.0),
+               result('hire_mlp_tiny', 79.7, 50.0), result('test_resnet', None, 80.0, 'timm')]
+    dataset, shown, left_out = plot_points(results)
+    assert dataset == 'ImageNet-1k'
+    assert [r.model for r in shown] == ['resmlp_s12', 'hire_mlp_tiny'] and [r.model for r in left_out] == \
+        ['repmlp_cifar_pure']
+    assert plot_points(results[1:2])[:2] == ('CIFAR-10', results[1:2])  # alone, it has its own axis
+    write_plot(results, BenchSettings(), tmp_path / 'bench.png')
     _check_png(tmp_path / 'bench.png')
 
 

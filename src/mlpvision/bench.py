@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .model_table import paper_dataset
 
 _logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class BenchResult:
     paper_params: str | None = None
     paper_gmacs: float | None = None
     paper_top1: float | None = None
+    paper_dataset: str | None = None  # the data set of paper_top1 (model_table.paper_dataset)
 
 
 def resolve_models(patterns: str | Sequence[str] | None, baselines: Sequence[str] = ()) -> list[tuple[str, str]]:
@@ -432,7 +434,8 @@ class _Bench:
             train_img_s=train, train_spread_pct=train_sp, peak_mem_infer_mib=self.peak_mem['infer'],
             peak_mem_train_mib=self.peak_mem['train'],
             paper_params=meta.params_paper if meta else None, paper_gmacs=meta.gmacs_paper if meta else None,
-            paper_top1=meta.top1_paper if meta else None)
+            paper_top1=meta.top1_paper if meta else None,
+            paper_dataset=paper_dataset(self.name) if meta and meta.top1_paper is not None else None)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -628,7 +631,7 @@ def describe_settings(s: BenchSettings) -> str:
     return ', '.join(parts)
 
 
-MD_COLUMNS = ('model', 'params (M)', 'GMACs', 'paper params', 'paper GMACs', 'paper top-1', 'input',
+MD_COLUMNS = ('model', 'params (M)', 'GMACs', 'paper params', 'paper GMACs', 'paper top-1', 'paper data', 'input',
               'img/s (b{b})', 'spread %', 'b1 p50 ms', 'b1 p90 ms', 'train img/s', 'peak MiB infer', 'peak MiB train')
 
 
@@ -644,24 +647,38 @@ def format_markdown(results: Sequence[BenchResult], settings: BenchSettings, env
     for r in results:
         name = r.model + ('' if r.source == 'mlpvision' else ' (timm)') + (' [deploy]' if r.form == 'deploy' else '')
         cells = [name, f'{r.params / 1e6:.2f}', f'{r.gmacs:.2f}', r.paper_params or '', _fmt(r.paper_gmacs, 'g'),
-                 _fmt(r.paper_top1, '.1f'), r.input_size, _fmt(r.infer_img_s, '.1f'), _fmt(r.infer_spread_pct, '.0f'),
+                 _fmt(r.paper_top1, '.1f'), r.paper_dataset or '', r.input_size, _fmt(r.infer_img_s, '.1f'),
+                 _fmt(r.infer_spread_pct, '.0f'),
                  _fmt(r.latency_p50_ms, '.1f'), _fmt(r.latency_p90_ms, '.1f'), _fmt(r.train_img_s, '.1f'),
                  _fmt(r.peak_mem_infer_mib, '.0f'), _fmt(r.peak_mem_train_mib, '.0f')]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
+def plot_points(results: Sequence[BenchResult]) -> tuple[str | None, list[BenchResult], list[BenchResult]]:
+    """(data set, results plotted, results left out) for :func:`write_plot`: paper top-1 figures are plotted only
+    against others on the same data set, the one most of the run's models have (ImageNet-1k on a tie)."""
+    rated = [r for r in results if r.paper_top1 is not None and r.infer_img_s]
+    counts = {d: sum(r.paper_dataset == d for r in rated) for d in {r.paper_dataset for r in rated}}
+    if not counts:
+        return None, [], []
+    dataset = max(counts, key=lambda d: (counts[d], d == 'ImageNet-1k'))
+    return dataset, [r for r in rated if r.paper_dataset == dataset], [r for r in rated if r.paper_dataset != dataset]
+
+
 def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: str | Path) -> None:
     """Paper top-1 against measured inference throughput, one point per model (the papers' accuracy/speed figure).
 
-    timm baselines have no paper top-1 here: they are drawn as labelled vertical lines at their throughput.
+    Only figures on one data set share the axis (:func:`plot_points`); models with a figure on another are named
+    under the plot. timm baselines have no paper top-1 here: they are drawn as labelled vertical lines at their
+    throughput.
     """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
-    points = [r for r in results if r.paper_top1 is not None and r.infer_img_s]
+    dataset, points, left_out = plot_points(results)
     families = sorted({r.family for r in points})
     for fam in families:
         pts = [r for r in points if r.family == fam]
@@ -677,15 +694,19 @@ def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: st
     if not points:
         ax.text(0.5, 0.5, 'no model with a paper top-1 in this run', transform=ax.transAxes, ha='center',
                 color='grey')
+    if left_out:
+        fig.text(0.01, 0.01, 'not plotted (paper top-1 on another data set): ' + ', '.join(
+            f'{r.model} ({r.paper_dataset or "unknown data set"} {r.paper_top1:.1f}%)' for r in left_out),
+            fontsize=7, color='grey')
     ax.set_xlabel(f'measured inference throughput (img/s, batch {settings.batch_size})')
-    ax.set_ylabel('paper ImageNet-1k top-1 (%)')
+    ax.set_ylabel(f'paper {dataset or ""} top-1 (%)'.replace('  ', ' '))
     ax.set_title(f'{settings.device}, {settings.dtype}{", compiled" if settings.compile else ""}'
                  f'{", deploy form where there is one" if settings.reparam else ""}', fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.08, y=0.12)  # room for the labels of the outermost points
     if families:
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1) if left_out else None)
     fig.savefig(path)
     plt.close(fig)
 

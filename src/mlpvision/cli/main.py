@@ -1,5 +1,6 @@
 """The ``mlpvision`` console script: one subcommand per module in this package, each with
-``add_arguments(parser)`` and ``run(args) -> int``."""
+``add_arguments(parser)`` and ``run(args) -> int``. The script's first stage, :mod:`_mlpvision_cli`, answers
+``--help`` / ``--version`` without torch and sets ``OMP_WAIT_POLICY`` before torch loads, then calls :func:`main`."""
 from __future__ import annotations
 
 import argparse
@@ -7,34 +8,19 @@ import importlib
 import logging
 import sys
 
-# subcommand -> module in mlpvision.cli
-SUBCOMMANDS = {
-    'models': 'models',
-    'demo': 'demo',
-    'train': 'train',
-    'validate': 'validate',
-    'predict': 'predict',
-    'bench': 'bench',
-}
+from _mlpvision_cli import SUBCOMMANDS, top_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='mlpvision',
-                                     description='Vision-MLP backbones: models, training, benchmarks.')
-    parser.add_argument('--version', action='version', version=f'%(prog)s {_version()}')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    sub.required = True
-    for name, module in SUBCOMMANDS.items():
+    from mlpvision import __version__
+
+    parser, sub = top_parser(__version__)
+    for name, (module, _) in SUBCOMMANDS.items():
         mod = importlib.import_module(f'mlpvision.cli.{module}')
         p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
-
-
-def _version() -> str:
-    from mlpvision import __version__
-    return __version__
 
 
 def expected_errors() -> tuple[type[Exception], ...]:
@@ -54,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except expected_errors() as e:
         print(f'mlpvision {args.command}: error: {e}', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f'mlpvision {args.command}: interrupted', file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # mlpvision.engine.train.TrainingInterrupted: saved, its message says how to resume
+        print(f'mlpvision {args.command}: interrupted' + (f': {e}' if str(e) else ''), file=sys.stderr)
+        return 128 + getattr(e, 'signum', 2)  # the shell's status for death by that signal (SIGINT: 130)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """List mlpvision's models: parameters, GMACs at the default input size (one multiply-add = one MAC, the papers'
-"FLOPs"), input size, the paper's top-1 and figures, and the source."""
+"FLOPs"), input size, the paper's top-1 (with its data set) and figures, and the source. The measured columns are
+cached after the first run (see ``mlpvision.model_table.cache_path``; a changed model is measured afresh)."""
 from __future__ import annotations
 
 import argparse
@@ -24,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     if args.names_only:
         print('\n'.join(names))
         return 0
-    print(format_rows(model_rows(args.pattern), args.format), end='')
+    print(format_rows(model_rows(args.pattern, cache=True), args.format), end='')
     return 0

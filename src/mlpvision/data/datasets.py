@@ -285,8 +285,12 @@ def build_dataset(
         raise DatasetError(f'dataset folder {str(root)!r} does not exist')
     sub = root / (train_folder if split == 'train' else val_folder)
     if not sub.is_dir():
+        others = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.')
+                        and d.name != (val_folder if split == 'train' else train_folder))
+        hint = (f'; it has {", ".join(repr(o) for o in others)}: pass --{split}-split {others[0]} if that is the '
+                f'{"validation" if split == "val" else "training"} set' if others else '')
         raise DatasetError(f'dataset folder {str(root)!r} has no {sub.name!r} folder; expected the ImageNet layout '
-                           f'{root}/{train_folder}/<class>/<images> and {root}/{val_folder}/<class>/<images>')
+                           f'{root}/{train_folder}/<class>/<images> and {root}/{val_folder}/<class>/<images>{hint}')
     classes, files = scan_image_folder(sub)
     samples = [(f, t) for t, fs in enumerate(files) for f in fs]
     return DatasetInfo(ImageFileDataset(samples, classes, skip_corrupt=skip_corrupt), classes, 3, name)

@@ -126,13 +126,16 @@ class TrainConfig:
     seed: int = _f(42, 'random seed')
     deterministic: bool = _f(False, 'deterministic algorithms (bit-identical reruns and resumes)')
     device: str = _f('auto', "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
-    threads: int | None = _f(None, 'CPU threads for torch (default: torch\'s)')
+    threads: int | None = _f(None, "CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores left "
+                                   "after one per loader process, at least 1; printed at start)")
     checkpoint_every_steps: int = _f(0, 'also save last.pth every N optimizer steps (0: at epoch ends only)')
     eval_every: int = _f(1, 'evaluate every N epochs (and after the last)')
     log_interval: int = _f(50, 'steps between log lines when there is no progress bar')
+    log_seconds: float = _f(60.0, 'also a log line when this many seconds passed since the last one, when there is '
+                                  'no progress bar (0: off)')
     progress: bool | None = _f(None, 'progress bars (default: when stderr is a terminal)')
     tensorboard: bool = _f(True, 'write TensorBoard logs when tensorboard is installed')
-    plot: bool = _f(True, 'write curves.png at the end (matplotlib)')
+    plot: bool = _f(True, 'write curves.png after every epoch (matplotlib)')
     # recipe bookkeeping (not options)
     recipe: str | None = _f(None, 'the recipe file this configuration came from', cli=False)
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +16,8 @@ from .distributed import DistInfo, all_reduce_sum
 from .metrics import progress_bar
 
 __all__ = ['EvalResult', 'evaluate', 'autocast_context']
+
+_logger = logging.getLogger('mlpvision.evaluate')
 
 
 @dataclass
@@ -54,8 +58,16 @@ def evaluate(
         progress: bool = False,
         desc: str = 'eval',
 ) -> EvalResult:
-    """Evaluate ``model`` on ``loader`` (each process its own shard); the counts are summed over processes."""
+    """Evaluate ``model`` on ``loader`` (each process its own shard); the counts are summed over processes.
+
+    Without a progress bar the primary process logs one line when it starts and one when it is done, so a log
+    written to a file shows where a long evaluation is.
+    """
     info = info or DistInfo(device=device)
+    log = info.primary and not progress
+    t0 = time.perf_counter()
+    if log:
+        _logger.info('%s: %d batch%s ...', desc, len(loader), '' if len(loader) == 1 else 'es')
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
@@ -83,6 +95,8 @@ def evaluate(
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = int(confusion.sum())
     correct = int(confusion.diagonal().sum())
+    if log:
+        _logger.info('%s: %d images in %.1f s', desc, n, time.perf_counter() - t0)
     return EvalResult(
         n=n, loss=float(sums[0]) / max(n, 1), top1=100.0 * correct / max(n, 1), top5=100.0 * float(sums[1]) / max(n, 1),
         confusion=confusion, classes=list(classes or [str(i) for i in range(num_classes)]), skipped=int(sums[2]))

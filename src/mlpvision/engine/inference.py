@@ -6,6 +6,8 @@ or the deploy (re-parameterised) form; the form is found by trying both.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from .metrics import plot_confusion, write_per_class_csv
 
 __all__ = ['LoadedModel', 'load_for_inference', 'validate_checkpoint', 'ValidateResult', 'predict_images',
            'Prediction', 'find_images']
+
+_logger = logging.getLogger('mlpvision.inference')
 
 
 @dataclass
@@ -249,7 +253,11 @@ def predict_images(
         device: str = 'auto',
         skip_corrupt: bool = False,
 ) -> tuple[list[Prediction], list[str]]:
-    """Top-k labels and probabilities for each image; returns the predictions and the corrupt files skipped."""
+    """Top-k labels and probabilities for each image; returns the predictions and the corrupt files skipped.
+
+    Images go through the model's eval preprocessing; the first one whose size is not the model's input is logged
+    with what is done to it (resize and centre crop), once per call.
+    """
     files = find_images(inputs)
     tf = build_transform(loaded.data_cfg, False)
     dev = resolve_device(device)
@@ -258,6 +266,9 @@ def predict_images(
     preds: list[Prediction] = []
     skipped: list[str] = []
     batch: list[tuple[str, torch.Tensor]] = []
+    dc = loaded.data_cfg
+    h, w = dc.img_size
+    resized = False  # said once per call, at the first image of another size than the model's input
 
     def flush() -> None:
         if not batch:
@@ -277,6 +288,11 @@ def predict_images(
                 raise
             skipped.append(f)
             continue
+        if not resized and img.size != (w, h):  # PIL sizes are (W, H)
+            resized = True
+            _logger.info('images are resized (shorter side to %d px, %s) and centre-cropped to %dx%d, the model\'s '
+                         'input (first: %s, %dx%d)', math.floor(min(h, w) / dc.crop_pct), dc.interpolation, w, h, f,
+                         *img.size)
         batch.append((f, tf(img)))
         if len(batch) == batch_size:
             flush()

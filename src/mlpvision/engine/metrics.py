@@ -117,9 +117,9 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | Path, title: str = '',
-                   max_classes: int = 100) -> Path | None:
+                   max_classes: int = 100, figure: list | None = None) -> Path | None:
     """Row-normalised confusion matrix (true class down, predicted across); None above ``max_classes`` classes or
-    without matplotlib."""
+    without matplotlib. ``figure``: a list the matplotlib figure is appended to (closed, still measurable)."""
     n = confusion.shape[0]
     if n > max_classes:
         return None
@@ -136,8 +136,11 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | P
     im = ax.imshow(norm.numpy(), cmap='Blues', vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='fraction of the true class')
     if n <= 30:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
-        ax.set_yticks(range(n), [str(c) for c in classes])
+        names = [str(c) for c in classes]
+        # names wider than a cell overlap when level (CIFAR-10's 'airplane', 'automobile'): stand them upright
+        level = n <= 10 and max(map(len, names)) <= 3
+        ax.set_xticks(range(n), names, rotation=0 if level else 90)
+        ax.set_yticks(range(n), names)
     if n <= 12:
         for i in range(n):
             for j in range(n):
@@ -146,6 +149,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | P
                             color='white' if norm[i, j] > 0.5 else 'black', fontsize=8)
     ax.set(xlabel='predicted', ylabel='true', title=title or 'confusion matrix')
     fig.tight_layout()
+    if figure is not None:  # the caller (a test) inspects the figure itself
+        figure.append(fig)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)

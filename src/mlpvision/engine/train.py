@@ -23,7 +23,10 @@ import itertools
 import logging
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -54,7 +57,7 @@ from .metrics import MetricsLog, plot_curves, progress_bar
 
 __all__ = ['fit', 'train', 'train_one_epoch', 'build_context', 'TrainContext', 'TrainResult', 'TrainState', 'Meters',
            'build_model', 'takes_img_size', 'describe_model', 'resolve_config', 'NonFiniteLossError',
-           'BatchSizeError']
+           'BatchSizeError', 'TrainingInterrupted', 'thread_split', 'resume_command', 'regimen']
 
 _logger = logging.getLogger('mlpvision.train')
 
@@ -217,6 +220,7 @@ class TrainContext:
     amp_dtype: torch.dtype | None
     lr: float
     lr_text: str
+    threads: str = ''  # the start-up line on compute threads and loader processes (thread_split)
 
     @property
     def num_classes(self) -> int:
@@ -283,7 +287,10 @@ def _resume_path(resume: str, output: str | None) -> Path | None:
     if not output:
         raise UsageError('--resume auto needs --output (the run folder holding last.pth)')
     last = Path(output) / 'last.pth'
-    return last if last.is_file() else None  # nothing to resume yet: start the run
+    if last.is_file():
+        return last
+    _logger.warning('--resume auto: nothing to resume (no %s); starting the run the other options describe', last)
+    return None
 
 
 def takes_img_size(name: str) -> bool:
@@ -331,7 +338,7 @@ def describe_model(name: str, kwargs: dict, data_cfg: DataConfig) -> str:
 # -- set-up -------------------------------------------------------------------------------------------------------
 def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> TrainContext:
     """Data, model, optimisation and (with ``cfg.resume``) the resumed state: everything :func:`train` needs."""
-    _configure_torch(cfg, info)
+    threads_text = _configure_torch(cfg, info)
     amp_dtype = _amp_dtype(cfg.amp, info.device)
     output = _output_dir(cfg, info)
 
@@ -389,18 +396,51 @@ def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> TrainCont
         data_cfg=data_cfg, train_loader=train_loader, val_loader=val_loader, steps=steps, batch_global=batch_global,
         model=wrapped, model_kwargs=model_kwargs, description=describe_model(cfg.model, model_kwargs, data_cfg),
         params=sum(p.numel() for p in model.parameters()), head_reset=head_reset, state=state, loss_fn=loss_fn,
-        mixup=mixup, amp_dtype=amp_dtype, lr=lr, lr_text=lr_text)
+        mixup=mixup, amp_dtype=amp_dtype, lr=lr, lr_text=lr_text, threads=threads_text)
 
 
-def _configure_torch(cfg: TrainConfig, info: DistInfo) -> None:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_split(cfg: TrainConfig, cores: int | None = None, env: dict | None = None) -> tuple[int, int, int, str]:
+    """(compute threads, loader processes, cores, where the thread count comes from) for a training process.
+
+    ``--threads`` wins; else an ``OMP_NUM_THREADS`` in the environment (torchrun sets 1) is kept; else the cores
+    are shared out: the ``LOCAL_WORLD_SIZE`` training processes of this host get an equal share each, and its
+    loader processes (``--workers``; none with ``--data-in-memory``) one core each out of that share, the rest
+    going to torch's intra-op threads (at least one). Loader processes run one thread each (PyTorch sets it), so
+    with 2 cores and the default 2 workers training gets 1 thread: sharing the cores oversubscribed them
+    (2 threads and 2 workers trained at 15 img/s against 36-64 with 1 thread in issue 17's run).
+    """
+    env = os.environ if env is None else env
+    cores = available_cores() if cores is None else cores
+    loaders = 0 if cfg.data_in_memory else cfg.workers
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        return cfg.threads, loaders, cores, '--threads'
+    if env.get('OMP_NUM_THREADS'):
+        return torch.get_num_threads(), loaders, cores, 'OMP_NUM_THREADS'
+    share = max(1, cores // max(1, int(env.get('LOCAL_WORLD_SIZE', '1') or 1)))
+    return max(1, share - loaders), loaders, cores, 'default'
+
+
+def _configure_torch(cfg: TrainConfig, info: DistInfo) -> str:
+    """Set torch's threads and determinism for ``cfg``; returns the start-up line saying how threads were split."""
+    threads, loaders, cores, source = thread_split(cfg)
+    torch.set_num_threads(threads)
+    text = (f'threads: {threads} compute, {loaders} loader process{"" if loaders == 1 else "es"} (of {cores} '
+            f'cores; {source})')
     if cfg.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif info.device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    return text
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -560,7 +600,7 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
     bar = progress_bar(range(ctx.steps - state.step_in_epoch), ctx.progress and info.primary, desc=desc,
                        total=ctx.steps, initial=state.step_in_epoch)
     bar_update = getattr(bar, 'update', None)
-    t0 = time.perf_counter()
+    t0 = t_logged = time.perf_counter()
     for batch in ctx.train_loader:
         x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if len(batch) > 2:
@@ -615,7 +655,9 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
             bar_update(1)
             bar.set_postfix_str(f'loss {meters.loss:.4f} acc {meters.acc1:.1f}% lr {lr:.2e} {ips:.0f} img/s',
                                 refresh=False)
-        elif info.primary and cfg.log_interval and state.step_in_epoch % cfg.log_interval == 0:
+        elif info.primary and ((cfg.log_interval and state.step_in_epoch % cfg.log_interval == 0)
+                               or (cfg.log_seconds and now - t_logged >= cfg.log_seconds)):
+            t_logged = now
             _logger.info('%s step %d/%d  loss %.4f  acc %.1f%%  lr %.2e  %.0f img/s', desc, state.step_in_epoch,
                          ctx.steps, meters.loss, meters.acc1, lr, ips)
         if on_step is not None:
@@ -626,14 +668,90 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
 
 
 # -- the epoch loop -----------------------------------------------------------------------------------------------
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training at a step boundary after ``last.pth`` was saved; the message holds the
+    command that resumes. A ``KeyboardInterrupt``, so the CLI exits with 128 + the signal number (130 for Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM handlers for the epoch loop: the first signal asks the loop to save and stop at the next
+    step boundary, a second SIGINT raises ``KeyboardInterrupt`` at once (nothing saved).
+
+    Installed before the loader's worker processes are forked, so workers inherit the handler; in them it does
+    nothing (PyTorch's workers would otherwise die of the terminal's Ctrl-C, which reaches the whole process group,
+    and the main process could not fetch the batch it needs to reach the step boundary).
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._pid = os.getpid()
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked data-loader worker: the training process decides
+            return
+        if self.signum:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        _logger.warning('%s: saving a resumable checkpoint at the end of this step (Ctrl-C again to exit at once '
+                        'without saving)', signal.Signals(signum).name)
+
+    def requested(self, info: DistInfo) -> int:
+        """The signal that asked to stop (0: none), agreed by every process so that all of them stop together."""
+        if not info.distributed:
+            return self.signum
+        flag = torch.tensor([float(self.signum)], device=info.device)
+        all_reduce_sum(flag, info)
+        return self.signum or (int(signal.SIGTERM) if float(flag) else 0)
+
+
+def resume_command(ctx: TrainContext) -> str:
+    """The command that resumes this run from its ``last.pth`` (the checkpoint holds the configuration)."""
+    launcher = (f'torchrun --nproc_per_node={ctx.info.world_size} -m mlpvision.cli.main'
+                if ctx.info.distributed else 'mlpvision')
+    return f'{launcher} train --resume auto --output {shlex.quote(str(ctx.output))}'
+
+
 def train(ctx: TrainContext) -> TrainResult:
-    """Train from ``ctx.state`` to the last epoch: evaluate, keep best.pth and last.pth, log metrics.csv."""
+    """Train from ``ctx.state`` to the last epoch: evaluate, keep best.pth and last.pth, log metrics.csv, redraw
+    curves.png after every epoch.
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM arrived; ``last.pth`` was saved at the next step boundary.
+    """
     cfg, info, state = ctx.cfg, ctx.info, ctx.state
     t_start = time.perf_counter()
     config_path = write_config(ctx)
     log_start(ctx)
     log = MetricsLog(ctx.output, resume_epoch=state.epoch, tensorboard=cfg.tensorboard) if info.primary else None
     final: EvalResult | None = None
+    plot = None
+    stop = _StopRequest()
+
+    def stop_if_asked() -> None:
+        signum = stop.requested(info)
+        if not signum:
+            return
+        ctx.save_last()
+        raise TrainingInterrupted(
+            f'stopped by {signal.Signals(signum).name} at epoch {state.epoch + 1}, step {state.step_in_epoch}/'
+            f'{ctx.steps}; saved {ctx.output / "last.pth"}. Resume with: {resume_command(ctx)}', signum)
 
     def on_step(s: TrainState) -> None:
         if cfg.checkpoint_every_steps and s.global_step % cfg.checkpoint_every_steps == 0:
@@ -641,10 +759,12 @@ def train(ctx: TrainContext) -> TrainResult:
             if info.primary and not ctx.progress:
                 _logger.info('checkpoint saved at step %d (epoch %d, step %d)', s.global_step, s.epoch + 1,
                              s.step_in_epoch)
+        stop_if_asked()
 
     try:
-        with _one_line_errors(ctx):
+        with _one_line_errors(ctx), stop:
             while state.epoch < cfg.epochs:
+                stop_if_asked()  # a signal during evaluation: the epoch end's checkpoint is the step boundary
                 epoch = state.epoch
                 set_loader_epoch(ctx.train_loader, epoch, cfg.seed, state.step_in_epoch)
                 meters = train_one_epoch(ctx, on_step)
@@ -654,13 +774,15 @@ def train(ctx: TrainContext) -> TrainResult:
                 if log is not None:
                     log.write(row)
                     _log_epoch(row, cfg.epochs)
+                    if cfg.plot:  # every epoch, so an interrupted run has its plot
+                        plot = plot_curves(ctx.output / 'metrics.csv', ctx.output / 'curves.png',
+                                           title=ctx.description)
                 state.next_epoch()
                 ctx.save_last()
     finally:
         if log is not None:
             log.close()
-    plot = None
-    if info.primary and cfg.plot:
+    if info.primary and cfg.plot and plot is None:  # resumed after its last epoch: the plot of the rows there are
         plot = plot_curves(ctx.output / 'metrics.csv', ctx.output / 'curves.png', title=ctx.description)
     best = ctx.output / 'best.pth'
     return TrainResult(
@@ -720,16 +842,25 @@ def _evaluate_and_keep_best(ctx: TrainContext, row: dict[str, Any]) -> EvalResul
 
 
 def write_config(ctx: TrainContext) -> Path:
-    """config.yaml: the resolved configuration and what was derived at run time."""
+    """config.yaml: the resolved configuration and what was derived at run time. ``command`` stays the command
+    that started the run; each resume adds its own to ``resume_commands``."""
     cfg, info = ctx.cfg, ctx.info
     path = ctx.output / 'config.yaml'
     if info.primary:
+        command, resumes = ' '.join(sys.argv), []
+        if cfg.resume and path.is_file():
+            try:
+                before = (yaml.safe_load(path.read_text()) or {}).get('resolved') or {}
+            except yaml.YAMLError:  # a damaged file: this run's command is all there is
+                before = {}
+            if before.get('command'):
+                command, resumes = before['command'], [*before.get('resume_commands', []), command]
         resolved = dict(
             world_size=info.world_size, global_batch_size=ctx.batch_global, lr=ctx.lr, lr_rule=ctx.lr_text,
             steps_per_epoch=ctx.steps, device=str(info.device), model=ctx.description,
             model_kwargs=ctx.model_kwargs, params=ctx.params, num_classes=ctx.num_classes,
             train_images=len(ctx.train_data.dataset), val_images=len(ctx.val_data.dataset),
-            data_config=ctx.data_cfg.to_dict(), command=' '.join(sys.argv),
+            data_config=ctx.data_cfg.to_dict(), command=command, **(dict(resume_commands=resumes) if resumes else {}),
             versions=dict(mlpvision=__version__, torch=str(torch.__version__), timm=_timm_version()))
         text = yaml.safe_dump(dict(cfg.to_dict(), resolved=resolved), sort_keys=False)
         tmp = path.with_suffix('.yaml.tmp')
@@ -751,8 +882,54 @@ def log_start(ctx: TrainContext) -> None:
                  len(ctx.train_data.dataset), len(ctx.val_data.dataset), ctx.num_classes)
     _logger.info('device: %s x %d process(es), batch %d per process (global %d), %d steps per epoch, AMP %s',
                  info.device, info.world_size, cfg.batch_size, ctx.batch_global, ctx.steps, cfg.amp)
+    if ctx.threads:
+        _logger.info(ctx.threads)
     _logger.info('optimizer: %s, %s', cfg.opt, ctx.lr_text)
+    augment, regularise = regimen(cfg, ctx.model_kwargs)
+    _logger.info('augmentation: %s', augment)
+    _logger.info('regularisation: %s', regularise)
     _logger.info('output: %s', ctx.output)
+
+
+def regimen(cfg: TrainConfig, model_kwargs: dict | None = None) -> tuple[str, str]:
+    """The augmentations and the regularisers in effect, as two start-up lines; values left at their default
+    (:class:`TrainConfig`'s, not asked for by a recipe or a flag unless those give the same value) say so."""
+    defaults = TrainConfig()
+
+    def said(name: str, text: str) -> str:
+        return f'{text} (default)' if getattr(cfg, name) == getattr(defaults, name) else text
+
+    if cfg.train_crop == 'pad':
+        crop = said('train_crop', 'random crop after 4 px padding')
+    else:
+        scale, ratio = cfg.scale or (0.08, 1.0), cfg.ratio or (3 / 4, 4 / 3)
+        crop = said('train_crop', f'RandomResizedCrop scale {scale[0]:g}-{scale[1]:g} ratio '
+                                  f'{ratio[0]:.3g}-{ratio[1]:.3g}')
+    aa = cfg.aa not in (None, '', 'none')
+    augment = [crop, said('hflip', f'hflip {cfg.hflip:g}' if cfg.hflip else 'no hflip')]
+    augment.append(said('aa', f'RandAugment {cfg.aa}' if aa else 'no auto-augment'))
+    if not aa:  # timm ignores colour jitter when an auto-augment policy is given
+        augment.append(said('color_jitter', f'colour jitter {cfg.color_jitter:g}' if cfg.color_jitter
+                            else 'no colour jitter'))
+    augment.append(said('reprob', f'random erasing {cfg.reprob:g} ({cfg.remode}, x{cfg.recount})' if cfg.reprob
+                        else 'no random erasing'))
+    if cfg.mixup_active:
+        augment.append(f'mixup {cfg.mixup:g} / cutmix {cfg.cutmix:g} (prob {cfg.mixup_prob:g}, {cfg.mixup_mode})')
+    else:
+        augment.append(said('mixup', 'no mixup/cutmix'))
+    if cfg.aug_repeats > 1:
+        augment.append(f'repeated augmentation x{cfg.aug_repeats}')
+    kw = model_kwargs or {}
+    regularise = [
+        said('smoothing', f'label smoothing {cfg.smoothing:g}' if cfg.smoothing else 'no label smoothing'),
+        said('weight_decay', f'weight decay {cfg.weight_decay:g}'),
+        f'drop path {cfg.drop_path_rate:g}' if cfg.drop_path_rate is not None else
+        f'drop path {kw["drop_path_rate"]:g}' if 'drop_path_rate' in kw else "drop path: the model's default",
+        f'dropout {cfg.drop_rate:g}' if cfg.drop_rate is not None else "dropout: the model's default",
+        said('model_ema', f'EMA {cfg.model_ema_decay:g}' if cfg.model_ema else 'no EMA'),
+        said('clip_grad', f'gradient clipping {cfg.clip_grad:g} ({cfg.clip_mode})' if cfg.clip_grad
+             else 'no gradient clipping')]
+    return ', '.join(augment), ', '.join(regularise)
 
 
 def _log_epoch(row: dict, epochs: int) -> None:
