@@ -50,6 +50,23 @@ def randomise_norm_stats(model: nn.Module, seed: int = 0) -> None:
                 m.bias.data.copy_(torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype) * 0.1)
 
 
+def is_heavy(name: str) -> bool:
+    """The one rule for which registered variants run their real forward / backward checks only in the slow suite
+    (``make test-slow``): more than 55M parameters and more than 5 GMACs, or more than 80M parameters (the official
+    counts in ``mlpvision.model_meta``). On 2 cores such a variant takes several times the seconds of the small
+    ones, and the default suite keeps at least one variant of every family and block type, which share all code with
+    the heavy ones."""
+    import mlpvision
+    meta = mlpvision.model_meta(name)
+    params, gmacs = meta.params or 0, meta.gmacs or meta.gmacs_paper or 0
+    return (params > 55e6 and gmacs > 5) or params > 80e6
+
+
+def by_weight(names, heavy=is_heavy) -> list:
+    """``names`` as pytest params, the heavy ones marked slow."""
+    return [pytest.param(n, marks=[pytest.mark.slow] if heavy(n) else []) for n in names]
+
+
 @cache
 def smallest_per_family(names: tuple[str, ...] | None = None) -> list[str]:
     """Among ``names`` (default: every registered model), the variant with the fewest parameters in each family

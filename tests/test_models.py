@@ -11,22 +11,15 @@ import torch.nn.functional as F
 import mlpvision
 from mlpvision.models._registry import model_meta
 
+from conftest import by_weight, smallest_per_family
 from conftest import on_meta as _on_meta
 from conftest import randomise_norm_stats as _randomise_norm_stats
-from conftest import smallest_per_family
 
 ALL = mlpvision.list_models()
 
 
-def _heavy(name: str) -> bool:
-    """Variants whose real forward/backward checks run only in the slow suite (2 cores; the default suite keeps the
-    small variant(s) of each family, which share all code with the big ones)."""
-    meta = model_meta(name)
-    return (meta.params or 0) > 45e6 or (meta.gmacs or meta.gmacs_paper or 0) > 5
-
-
-def _params(names, slow_if=_heavy):
-    return [pytest.param(n, marks=[pytest.mark.slow] if slow_if(n) else []) for n in names]
+def _params(names):
+    return by_weight(names)
 
 
 def _input(model, batch=2, dtype=torch.float32):

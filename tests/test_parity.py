@@ -6,24 +6,16 @@ import torch
 import mlpvision
 from mlpvision._checkpoint import save_state_dict
 
-from conftest import parity_models, parity_record
+from conftest import by_weight, parity_models, parity_record
 from fill import fill_state_dict, make_input
 
 TOL = 1e-4  # relative to the largest logit, as the fixtures README prescribes
 
-# heavy variants (> ~50 GMACs or > 100M params) run in the slow suite
-SLOW = {'resmlp_b24_p8', 'repmlpnet_l256', 'hire_mlp_large', 'hire_mlp_base', 'as_mlp_base', 'strip_mlp_base',
-        # RepMLP variants of 68M-96M params (4-5x the time of resmlp_s12); T224, T256, Light-g8 and Bottleneck-224
-        # keep both RepMLP families, both block types and the deploy paths in the default suite
-        'repmlpnet_b224', 'repmlpnet_b256', 'repmlpnet_d256', 'repmlp_res50_light_224', 'repmlp_res50_g8_16_320',
-        'repmlp_res50_g4_8_320'}
-
-
 def _params(name):
-    marks = [pytest.mark.slow] if name in SLOW else []
+    (param,) = by_weight([name])  # heavy variants run in the slow suite (conftest.is_heavy, the one rule)
     if not mlpvision.is_model(name):
-        marks.append(pytest.mark.skip(reason=f'{name} is not implemented yet'))
-    return pytest.param(name, marks=marks)
+        return pytest.param(name, marks=[*param.marks, pytest.mark.skip(reason=f'{name} is not implemented yet')])
+    return param
 
 
 def _check(model, rec):

@@ -12,6 +12,8 @@ import mlpvision
 from mlpvision.models import IsotropicNet
 from mlpvision.models.resmlp import Affine, ResMLPBlock, checkpoint_filter_fn
 
+from conftest import is_heavy
+
 
 @pytest.mark.parametrize('name, init', [('resmlp_s12', 0.1), ('resmlp_s24', 1e-5), ('resmlp_s36', 1e-6),
                                         ('resmlp_b24', 1e-6), ('resmlp_b24_p8', 1e-6)])
@@ -134,7 +136,7 @@ def _assert_logits_close(y: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize('timm_name, name', [
-    pytest.param(t, n, marks=[] if n == 'resmlp_s12' else [pytest.mark.slow]) for t, n in TIMM_PAIRS])
+    pytest.param(t, n, marks=[pytest.mark.slow] if is_heavy(n) else []) for t, n in TIMM_PAIRS])
 @torch.no_grad()
 def test_timm_weights_give_timms_logits(timm_name, name, tmp_path):
     """A timm ``resmlp_*_224`` state_dict saved as timm's hub does (safetensors) loads into ours through
