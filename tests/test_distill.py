@@ -115,9 +115,11 @@ def test_a_timm_teacher_from_a_state_dict(tmp_path):
     import timm
     net = timm.create_model('test_resnet', num_classes=4)
     save_state_dict(net, tmp_path / 't.safetensors')
+    rng = torch.get_rng_state()
     teacher, text = build_teacher('test_resnet', str(tmp_path / 't.safetensors'), ['a', 'b', 'c', 'd'], 3, (32, 32),
                                   torch.device('cpu'))
     assert not teacher.training and text.startswith('test_resnet (')
+    assert torch.equal(torch.get_rng_state(), rng)  # building it leaves the run's random stream as it was
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(teacher(x), net.eval()(x))
     save_state_dict(timm.create_model('test_resnet', num_classes=10), tmp_path / 't10.safetensors')

@@ -152,7 +152,10 @@ def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int,
         if pcfg is not None and pcfg.fixed_input_size and is_model(base):
             kwargs['img_size'] = img_size[0]
     try:
-        teacher = create_model(name, **kwargs) if is_model(base) else timm.create_model(name, **kwargs)
+        # the teacher's random initialisation (overwritten at once) must not draw from the run's RNG stream, so that
+        # a distilled run sees the augmentations, mixing and drop-path draws of the same run without a teacher
+        with torch.random.fork_rng(devices=[]):
+            teacher = create_model(name, **kwargs) if is_model(base) else timm.create_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(f'teacher {name} cannot be built with {kwargs} ({e})') from None
     load_weights(teacher, sd, f'teacher checkpoint {checkpoint!r}')
