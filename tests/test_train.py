@@ -42,7 +42,8 @@ def tiny(tmp_path, **kw):
 
 def test_recipes_present_and_valid():
     assert set(RECIPES) >= {'asmlp_imagenet', 'hiremlp_imagenet', 'stripmlp_imagenet', 'stripmlp_cifar100',
-                            'repmlpnet_imagenet', 'resmlp_imagenet', 'digits'}
+                            'repmlpnet_imagenet', 'resmlp_imagenet', 'digits', 'repmlp_cifar10',
+                            'repmlp_cifar10_short'}
     assert list_recipes() == RECIPES
     for name in RECIPES:
         text = (Path(__file__).parents[1] / 'recipes' / f'{name}.yaml').read_text()
@@ -51,6 +52,15 @@ def test_recipes_present_and_valid():
     resmlp = make_config(load_recipe('resmlp_imagenet'))
     assert (resmlp.opt, resmlp.lr, resmlp.lr_base_size, resmlp.weight_decay, resmlp.epochs) == ('lamb', 5e-3, 2048,
                                                                                                0.2, 400)
+    # RepMLP's CIFAR-10 setting (arXiv:2105.01883 §4.1) and its CPU-budget variant, which differs only in the data
+    # source and the epochs
+    full, short = (make_config(load_recipe(n)) for n in ('repmlp_cifar10', 'repmlp_cifar10_short'))
+    assert (full.model, full.batch_size, full.train_crop, full.hflip, full.sched, full.epochs) == (
+        'repmlp_cifar_pure', 128, 'pad', 0.5, 'cosine', 100)
+    assert short.data_in_memory and short.color_jitter == 0 and 15 <= short.epochs <= 30
+    assert (short.dataset, short.train_split, short.val_split) == ('imagefolder', 'train', 'test')
+    differ = {k for k, v in full.to_dict().items() if short.to_dict()[k] != v}
+    assert differ == {'dataset', 'val_split', 'data_in_memory', 'epochs', 'recipe'}  # train_split: the default
 
 
 def test_overrides_beat_recipe_and_bad_values_are_named():

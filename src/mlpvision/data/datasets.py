@@ -292,6 +292,20 @@ def build_dataset(
         raise DatasetError(f'dataset folder {str(root)!r} has no {sub.name!r} folder; expected the ImageNet layout '
                            f'{root}/{train_folder}/<class>/<images> and {root}/{val_folder}/<class>/<images>{hint}')
     classes, files = scan_image_folder(sub)
+    train_sub = root / train_folder
+    if split == 'val' and train_sub.is_dir():
+        # targets are indices into the training classes: a validation folder that lacks a class must not shift the
+        # others' indices, and one with a class the model never learnt cannot be scored
+        train_classes = sorted(d.name for d in train_sub.iterdir() if d.is_dir() and not d.name.startswith('.'))
+        extra = [c for c in classes if c not in train_classes]
+        if extra:
+            shown = ', '.join(repr(c) for c in extra[:5]) + (f', ... ({len(extra)} in all)' if len(extra) > 5 else '')
+            raise DatasetError(f'the {val_folder!r} split of {str(root)!r} has classes the {train_folder!r} split '
+                               f'lacks: {shown}; remove them or add them to {train_folder}/')
+        index = {c: i for i, c in enumerate(train_classes)}
+        samples = [(f, index[c]) for c, fs in zip(classes, files, strict=True) for f in fs]
+        return DatasetInfo(ImageFileDataset(samples, train_classes, skip_corrupt=skip_corrupt), train_classes, 3,
+                           name)
     samples = [(f, t) for t, fs in enumerate(files) for f in fs]
     return DatasetInfo(ImageFileDataset(samples, classes, skip_corrupt=skip_corrupt), classes, 3, name)
 

@@ -33,6 +33,7 @@ RECIPE_META_KEYS = ('description', 'source', 'sources', 'notes')
 OPTIMIZERS = ('adamw', 'lamb', 'sgd', 'momentum', 'adam', 'lars', 'rmsprop')
 SCHEDULES = ('cosine', 'step', 'constant', 'none')
 AMP = ('none', 'bf16', 'fp16')
+DISTILLATION = ('none', 'soft', 'hard')
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -119,6 +120,15 @@ class TrainConfig:
     model_ema_decay: float = _f(0.9998, 'EMA decay')
     model_ema_warmup: bool = _f(False, 'EMA decay warmup (lower decay early in training)')
     amp: str = _f('none', 'mixed precision: none, bf16 (CPU or CUDA) or fp16 (CUDA, with a gradient scaler)')
+    # knowledge distillation (DeiT's losses through the model's one head; see mlpvision.engine.distill)
+    teacher: str | None = _f(None, 'teacher model for --distillation: any mlpvision or timm model name')
+    teacher_checkpoint: str | None = _f(None, "the teacher's weights: an mlpvision training checkpoint (its model "
+                                              "arguments are used) or a state_dict file (official or timm keys)")
+    distillation: str = _f('none', "knowledge distillation: none, soft (KL to the teacher's softened "
+                                   "probabilities) or hard (cross-entropy to the teacher's top class)")
+    distillation_alpha: float = _f(0.5, 'weight of the distillation loss; the base loss gets 1 - alpha '
+                                        '(DeiT default 0.5)')
+    distillation_tau: float = _f(1.0, 'soft distillation temperature (DeiT default 1.0)')
     # run
     output: str | None = _f(None, 'run folder (default runs/<dataset>-<model>, a new -N suffix if taken)')
     overwrite: bool = _f(False, 'reuse an existing run folder instead of making a new one')
@@ -151,6 +161,8 @@ class TrainConfig:
         one_of('lr_scale', ('linear', 'sqrt', 'none'))
         one_of('train_crop', ('rrc', 'pad'))
         one_of('mixup_mode', ('batch', 'pair', 'elem'))
+        one_of('distillation', DISTILLATION)
+        self._validate_distillation()
         for name in ('batch_size', 'epochs', 'lr_base_size'):
             if getattr(self, name) <= 0:
                 raise UsageError(f'{name.replace("_", "-")} must be positive, got {getattr(self, name)}')
@@ -176,6 +188,24 @@ class TrainConfig:
         if self.mixup_active and self.mixup_mode == 'batch' and self.batch_size % 2:
             raise UsageError(f'mixup/cutmix need an even batch size per process, got {self.batch_size}')
         return self
+
+    def _validate_distillation(self) -> None:
+        if self.distillation == 'none':
+            if self.teacher or self.teacher_checkpoint:
+                given = '--teacher' if self.teacher else '--teacher-checkpoint'
+                raise UsageError(f'{given} is given but --distillation is none; pass --distillation soft or hard '
+                                 f'to distil from the teacher, or drop {given}')
+            return
+        if not self.teacher:
+            raise UsageError(f'--distillation {self.distillation} needs a teacher: pass --teacher MODEL and '
+                             f'--teacher-checkpoint FILE')
+        if not self.teacher_checkpoint:
+            raise UsageError(f'--teacher {self.teacher} has no weights: pass --teacher-checkpoint FILE (a teacher '
+                             f'with random weights teaches nothing)')
+        if not 0 <= self.distillation_alpha <= 1:
+            raise UsageError(f'distillation-alpha must be between 0 and 1, got {self.distillation_alpha}')
+        if self.distillation_tau <= 0:
+            raise UsageError(f'distillation-tau must be positive, got {self.distillation_tau}')
 
     @property
     def mixup_active(self) -> bool:

@@ -51,6 +51,7 @@ from ..errors import UsageError
 from ..models import create_model
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .config import TrainConfig, check_model_name, default_output, load_recipe, make_config, scaled_lrs
+from .distill import Distiller, build_teacher
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import EvalResult, autocast_context, evaluate
 from .metrics import MetricsLog, plot_curves, progress_bar
@@ -221,6 +222,7 @@ class TrainContext:
     lr: float
     lr_text: str
     threads: str = ''  # the start-up line on compute threads and loader processes (thread_split)
+    distiller: Distiller | None = None  # --distillation soft / hard: the frozen teacher and its loss rule
 
     @property
     def num_classes(self) -> int:
@@ -382,6 +384,11 @@ def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> TrainCont
     optimizer = _create_optimizer(cfg, model, lr)
     scheduler = _create_scheduler(cfg, optimizer, steps, warmup_lr, min_lr)
     mixup, loss_fn = _create_loss(cfg, train_data.num_classes)
+    distiller = None
+    if cfg.distillation != 'none':
+        teacher, teacher_text = build_teacher(cfg.teacher, cfg.teacher_checkpoint, train_data.classes, in_chans,
+                                              data_cfg.img_size, info.device, cfg.channels_last)
+        distiller = Distiller(teacher, cfg.distillation, cfg.distillation_alpha, cfg.distillation_tau, teacher_text)
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     state = TrainState(model, optimizer, scheduler, ema, scaler)
     if cfg.resume:
@@ -396,7 +403,7 @@ def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> TrainCont
         data_cfg=data_cfg, train_loader=train_loader, val_loader=val_loader, steps=steps, batch_global=batch_global,
         model=wrapped, model_kwargs=model_kwargs, description=describe_model(cfg.model, model_kwargs, data_cfg),
         params=sum(p.numel() for p in model.parameters()), head_reset=head_reset, state=state, loss_fn=loss_fn,
-        mixup=mixup, amp_dtype=amp_dtype, lr=lr, lr_text=lr_text, threads=threads_text)
+        mixup=mixup, amp_dtype=amp_dtype, lr=lr, lr_text=lr_text, threads=threads_text, distiller=distiller)
 
 
 def available_cores() -> int:
@@ -613,6 +620,8 @@ def train_one_epoch(ctx: TrainContext, on_step: Callable[[TrainState], None] | N
         with autocast_context(device, ctx.amp_dtype):
             logits = model(x)
             loss = ctx.loss_fn(logits, target)
+            if ctx.distiller is not None:  # the teacher sees the batch as the student does: augmented and mixed
+                loss = ctx.distiller(x, logits, loss)
         loss_value = loss.detach().float().reshape(1)
         if info.distributed:
             loss_value = all_reduce_sum(loss_value.clone(), info) / info.world_size
@@ -860,7 +869,9 @@ def write_config(ctx: TrainContext) -> Path:
             steps_per_epoch=ctx.steps, device=str(info.device), model=ctx.description,
             model_kwargs=ctx.model_kwargs, params=ctx.params, num_classes=ctx.num_classes,
             train_images=len(ctx.train_data.dataset), val_images=len(ctx.val_data.dataset),
-            data_config=ctx.data_cfg.to_dict(), command=command, **(dict(resume_commands=resumes) if resumes else {}),
+            data_config=ctx.data_cfg.to_dict(),
+            **(dict(teacher=ctx.distiller.description) if ctx.distiller is not None else {}), command=command,
+            **(dict(resume_commands=resumes) if resumes else {}),
             versions=dict(mlpvision=__version__, torch=str(torch.__version__), timm=_timm_version()))
         text = yaml.safe_dump(dict(cfg.to_dict(), resolved=resolved), sort_keys=False)
         tmp = path.with_suffix('.yaml.tmp')
@@ -885,6 +896,10 @@ def log_start(ctx: TrainContext) -> None:
     if ctx.threads:
         _logger.info(ctx.threads)
     _logger.info('optimizer: %s, %s', cfg.opt, ctx.lr_text)
+    if ctx.distiller is not None:
+        _logger.info('distillation: %s, alpha %g%s, teacher %s', cfg.distillation, cfg.distillation_alpha,
+                     f', tau {cfg.distillation_tau:g}' if cfg.distillation == 'soft' else '',
+                     ctx.distiller.description)
     augment, regularise = regimen(cfg, ctx.model_kwargs)
     _logger.info('augmentation: %s', augment)
     _logger.info('regularisation: %s', regularise)
