@@ -154,6 +154,11 @@ def erf_radii(erf: np.ndarray, fractions: Sequence[float] = ERF_FRACTIONS) -> di
     return radii
 
 
+def _unit_word(model: nn.Module) -> str:
+    """What one trunk unit is called: a block of an isotropic model, else a stage."""
+    return 'block' if getattr(model, 'trunk_name', 'stages') == 'blocks' else 'stage'
+
+
 def _num_stages(model: nn.Module) -> int:
     return len(model.trunk()) if hasattr(model, 'trunk') else len(model.feature_info)
 
@@ -219,7 +224,7 @@ def plot_erf(models: Sequence[VizModel], out_dir: str | os.PathLike, stage: int 
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis('off')
-    for ax, (vm, s, erf, n) in zip(axes.flat, panels, strict=False):
+    for ax, (vm, s, erf, _) in zip(axes.flat, panels, strict=False):
         radii = erf_radii(erf)
         npy = out / f'erf_{vm.name}_stage{s}.npy'
         np.save(npy, erf.astype(np.float32))
@@ -227,8 +232,8 @@ def plot_erf(models: Sequence[VizModel], out_dir: str | os.PathLike, stage: int 
         peak = erf.max()
         shown = np.log10(np.maximum(erf / peak, 10 ** _LOG_FLOOR)) if peak > 0 else np.full_like(erf, _LOG_FLOOR)
         im = ax.imshow(shown, cmap='viridis', vmin=_LOG_FLOOR, vmax=0)
-        ax.set_title(f'{vm.name}, stage {s}\nr20/50/90 = ' + '/'.join(str(radii[f]) for f in ERF_FRACTIONS)
-                     + ' px', fontsize=9)
+        r = '/'.join(str(radii[f]) for f in ERF_FRACTIONS)
+        ax.set_title(f'{vm.name}, {_unit_word(vm.model)} {s}\nr20/50/90 = {r} px', fontsize=9)
         ax.set_xlabel('input x (px)', fontsize=8)
         ax.set_ylabel('input y (px)', fontsize=8)
         ax.tick_params(labelsize=7)
@@ -237,7 +242,7 @@ def plot_erf(models: Sequence[VizModel], out_dir: str | os.PathLike, stage: int 
         cb.ax.tick_params(labelsize=7)
     src = 'images' if images else 'random images'
     fig.suptitle(f'Effective receptive field (mean over {panels[0][3]} {src})', fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     png = out / 'erf.png'
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -366,6 +371,7 @@ def grad_cam(vm: VizModel, x: torch.Tensor, target: int | None = None) -> tuple[
         The (N, H, W) maps and the (N, num_classes) probabilities.
     """
     model = vm.model
+    x = x.to(next(model.parameters()).device)
     unit = model.trunk()[-1]
     store: dict[str, torch.Tensor] = {}
 
@@ -386,7 +392,7 @@ def grad_cam(vm: VizModel, x: torch.Tensor, target: int | None = None) -> tuple[
     cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True)).detach()
     cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
     cam = cam / cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-    return cam.numpy(), probs
+    return cam.cpu().numpy(), probs.cpu()
 
 
 def plot_cam(vm: VizModel, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, topk: int = 5) -> list:
@@ -476,9 +482,10 @@ def plot_features(vm: VizModel, image: str | os.PathLike, out_dir: str | os.Path
     axes.flat[0].set_title('input', fontsize=9)
     for ax, (s, m), f in zip(axes.flat[1:], enumerate(maps), feats, strict=False):
         ax.imshow(m, interpolation='nearest')
-        ax.set_title(f'stage {s}: {f.shape[1]}ch, {f.shape[2]}x{f.shape[3]}', fontsize=8)
-    fig.suptitle(f'{vm.name}: first 3 principal components of each stage (R, G, B)', fontsize=9)
-    fig.tight_layout()
+        ax.set_title(f'{_unit_word(vm.model)} {s}: {f.shape[1]}ch, {f.shape[2]}x{f.shape[3]}', fontsize=8)
+    fig.suptitle(f'{vm.name}: first 3 principal components of each {_unit_word(vm.model)}\'s features (R, G, B)',
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     png = out / f'{stem}.png'
     fig.savefig(png, dpi=100)
     plt.close(fig)
