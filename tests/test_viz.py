@@ -162,10 +162,14 @@ def test_cam_and_predict_cam_from_a_checkpoint(run_dir, image, tmp_path, capsys)
     assert rc == 0, err
     assert out.count('digit-') == 5
     assert np.load(tmp_path / 'a' / 'cam_photo.npy').shape == (32, 32)  # the digits recipe's 32x32 input
-    rc, out, err = cli(capsys, 'predict', run_dir / 'named.pth', image, '--cam', tmp_path / 'b', '--threads', '1')
+    (tmp_path / 'other').mkdir()
+    twin = tmp_path / 'other' / 'photo.png'  # the same file name in another folder: its own output files
+    twin.write_bytes(image.read_bytes())
+    rc, out, err = cli(capsys, 'predict', run_dir / 'named.pth', image, twin, '--cam', tmp_path / 'b', '--threads', '1')
     assert rc == 0, err
-    assert 'digit-' in out and '1 Grad-CAM overlays written' in out
-    assert np.load(tmp_path / 'b' / 'cam_photo.npy').shape == (32, 32)
+    assert 'digit-' in out and '2 Grad-CAM overlays written' in out
+    for stem in ('cam_photo', 'cam_photo_other'):
+        assert np.load(tmp_path / 'b' / f'{stem}.npy').shape == (32, 32)
     rc, out, err = cli(capsys, 'viz', 'weights', '--checkpoint', run_dir / 'best.pth', '-o', tmp_path)
     assert rc == 0, err
     assert np.load(tmp_path / 'weights_resmlp_s12_layer0.npy').shape == (4, 4, 4, 4)  # 32 / 8-pixel patches

@@ -395,9 +395,26 @@ def grad_cam(vm: VizModel, x: torch.Tensor, target: int | None = None) -> tuple[
     return cam.cpu().numpy(), probs.cpu()
 
 
+def _unique_stem(stem: str, path: Path, used: set[str]) -> str:
+    """``stem``, or with the parent folder's name (then a count) when an earlier image took it: the images of an
+    image folder's classes often share names (``cat/0001.jpg``, ``dog/0001.jpg``)."""
+    if stem in used:
+        stem = f'{stem}_{path.parent.name}'
+    base, n = stem, 1
+    while stem in used:
+        n += 1
+        stem = f'{base}_{n}'
+    used.add(stem)
+    return stem
+
+
 def plot_cam(vm: VizModel, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike, topk: int = 5) -> list:
-    """One Grad-CAM overlay per image (``cam_<image stem>.png`` and the (H, W) map as ``.npy``) with the top-k
-    classes and probabilities beside it. Returns ``[(png, npy, [(class, prob), ...]), ...]``."""
+    """One Grad-CAM overlay per image (``cam_<image stem>.png`` and the (H, W) map as ``.npy``; a stem already
+    taken gets the folder's name) with the top-k classes and probabilities beside it.
+
+    Returns:
+        ``[(png, npy, [(class, probability), ...]), ...]``, one entry per image.
+    """
     from .engine.inference import find_images
     files = find_images(images)
     x = load_images(files, vm.data_cfg)
@@ -405,13 +422,14 @@ def plot_cam(vm: VizModel, images: Sequence[str | os.PathLike], out_dir: str | o
     out.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     results = []
+    used: set[str] = set()
     k = max(1, min(topk, len(vm.classes)))
     for f, xi in zip(files, x, strict=True):
         cam, probs = grad_cam(vm, xi[None])
         p, ix = probs[0].topk(k)
         top = [(vm.classes[i] if i < len(vm.classes) else str(i), float(q)) for q, i in zip(p, ix.tolist(),
                                                                                               strict=True)]
-        stem = f'cam_{Path(f).stem}'
+        stem = _unique_stem(f'cam_{Path(f).stem}', Path(f), used)
         np.save(out / f'{stem}.npy', cam[0].astype(np.float32))
         fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(10, 3.4), gridspec_kw=dict(width_ratios=[1, 1, 0.9]))
         img = _unnormalize(xi, vm.data_cfg)
