@@ -343,8 +343,9 @@ def plot_weights(vm: VizModel, out_dir: str | os.PathLike, layer: int = 0, max_s
         gh, gw = arr.shape[:2]
         ys = sorted({round(v) for v in np.linspace(0, gh - 1, min(gh, max_side))})
         xs = sorted({round(v) for v in np.linspace(0, gw - 1, min(gw, max_side))})
-        fig, axes = plt.subplots(len(ys), len(xs), figsize=(1.3 * len(xs) + 0.8, 1.3 * len(ys) + 0.9),
-                                 squeeze=False)
+        height = 1.3 * len(ys) + 0.9
+        fig, axes = plt.subplots(len(ys), len(xs), figsize=(1.3 * len(xs) + 0.8, height), squeeze=False)
+        fig.subplots_adjust(top=1 - 0.6 / height)  # the suptitle's room, whatever the grid (the default is 12%)
         lim = float(np.abs(arr).max()) or 1.0
         for r, i in enumerate(ys):
             for c, j in enumerate(xs):
