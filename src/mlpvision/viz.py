@@ -331,7 +331,7 @@ def plot_weights(vm: VizModel, out_dir: str | os.PathLike, layer: int = 0, max_s
     np.save(out / f'{stem}.npy', arr)
     plt = _plt()
     if arr.ndim == 3:  # Strip-MLP: (2, n, n)
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3.8))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
         for ax, mat, title in zip(axes, arr, ('row strip', 'column strip'), strict=True):
             lim = float(np.abs(mat).max()) or 1.0
             im = ax.imshow(mat, cmap='RdBu_r', vmin=-lim, vmax=lim)
@@ -339,6 +339,7 @@ def plot_weights(vm: VizModel, out_dir: str | os.PathLike, layer: int = 0, max_s
             ax.set_xlabel('input token', fontsize=8)
             ax.set_ylabel('output token', fontsize=8)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label('mean weight', fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
     else:
         gh, gw = arr.shape[:2]
         ys = sorted({round(v) for v in np.linspace(0, gh - 1, min(gh, max_side))})
