@@ -192,3 +192,17 @@ def test_bad_input_is_one_clear_line(image, tmp_path, capsys):
     with pytest.raises(UsageError, match='no stage -5'):
         viz.stage_erf(viz.load_model('resmlp_s12', model_kwargs=SMALL['resmlp'], img_size=64), -5,
                       torch.randn(1, 3, 64, 64))
+
+
+def test_official_format_checkpoint_needs_the_model_name(tmp_path, capsys):
+    """A bare state dict (the official repositories' format) loads with MODEL named; its weights are the ones drawn."""
+    kwargs = SMALL['resmlp']
+    net = mlpvision.create_model('resmlp_s12', **kwargs)
+    torch.save(net.state_dict(), tmp_path / 'official.pth')
+    args = ['--checkpoint', tmp_path / 'official.pth', '--model-kwargs', json.dumps(kwargs), '-o', tmp_path]
+    rc, out, err = cli(capsys, 'viz', 'weights', 'resmlp_s12', *args)
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / 'weights_resmlp_s12_layer0.npy'),
+                                  net.blocks[0].linear_tokens.weight.detach().reshape(4, 4, 4, 4).numpy())
+    rc, _, err = cli(capsys, 'viz', 'weights', *args)
+    assert_one_error_line(rc, err, 'viz', 'does not name its model', 'give MODEL')

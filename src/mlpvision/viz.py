@@ -71,7 +71,14 @@ def load_model(name: str | None = None, checkpoint: str | os.PathLike | None = N
     """
     if checkpoint is not None:
         from .engine.inference import load_for_inference
-        loaded = load_for_inference(checkpoint, name, model_kwargs, img_size=img_size)
+        try:
+            loaded = load_for_inference(checkpoint, name, model_kwargs, img_size=img_size)
+        except UsageError as e:
+            if name is None and 'does not name its model' in str(e):  # its fix names predict's --model flag
+                raise UsageError(f'checkpoint {str(checkpoint)!r} does not name its model (official checkpoints do '
+                                 f'not); give MODEL, e.g. mlpvision viz weights resmlp_s12 --checkpoint FILE '
+                                 f'(`mlpvision models --names-only` lists them)') from None
+            raise
         return VizModel(loaded.model.eval(), loaded.name, loaded.data_cfg, list(loaded.classes))
     if name is None:
         raise UsageError('name a model (`mlpvision models --names-only` lists them) or pass --checkpoint')
