@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     'train': ('train', 'train a model on a dataset with a paper recipe (or your options)'),
     'validate': ('validate', 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'),
     'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
+    'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'

@@ -1,5 +1,6 @@
 """Predict labels for images: the top-k classes of each image with their probabilities. Takes image files and
-folders (searched recursively)."""
+folders (searched recursively). ``--cam OUTDIR`` also writes a Grad-CAM overlay per image there (as ``mlpvision viz
+cam``: ``cam_<image>.png`` with the top-k classes, and the map as ``.npy``)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('images', nargs='+', help='image files or folders')
     p.add_argument('--topk', '-k', type=int, default=5, help='labels per image (default 5)')
     p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) images that cannot be decoded')
+    p.add_argument('--cam', metavar='OUTDIR', help='also write a Grad-CAM overlay (PNG + .npy) per image into OUTDIR')
     add_device_args(p)
 
 
@@ -33,6 +35,12 @@ def run(args: argparse.Namespace) -> int:
     for p in preds:
         labels = '  '.join(f'{lab} ({100 * pr:.1f}%)' for lab, pr in zip(p.labels, p.probs, strict=True))
         print(f'{p.path:<{width}}  {labels}')
+    if args.cam and preds:
+        from mlpvision.viz import VizModel, plot_cam
+
+        vm = VizModel(loaded.model, loaded.name, loaded.data_cfg, list(loaded.classes))
+        cams = plot_cam(vm, [p.path for p in preds], args.cam, args.topk)
+        print(f'{len(cams)} Grad-CAM overlays written to {args.cam}')
     if skipped:
         print(f'{len(skipped)} corrupt images skipped: {", ".join(skipped)}')
     return 0
