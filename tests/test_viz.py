@@ -206,3 +206,13 @@ def test_official_format_checkpoint_needs_the_model_name(tmp_path, capsys):
                                   net.blocks[0].linear_tokens.weight.detach().reshape(4, 4, 4, 4).numpy())
     rc, _, err = cli(capsys, 'viz', 'weights', *args)
     assert_one_error_line(rc, err, 'viz', 'does not name its model', 'give MODEL')
+
+
+def test_missing_matplotlib_is_one_clear_error(monkeypatch):
+    import sys
+
+    from mlpvision import viz
+    from mlpvision.errors import UsageError
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib now raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'mlpvision\[train\]'"):
+        viz._plt()

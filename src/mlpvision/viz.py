@@ -198,7 +198,11 @@ def _inputs(vm: VizModel, images: Sequence[str | os.PathLike] | None, random: in
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("the pictures need matplotlib, which mlpvision's base install leaves out: "
+                         "pip install 'mlpvision[train]' (or pip install matplotlib)") from None
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
