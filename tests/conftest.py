@@ -79,3 +79,28 @@ def smallest_per_family(names: tuple[str, ...] | None = None) -> list[str]:
         if fam not in best or n < best[fam][0]:
             best[fam] = (n, name)
     return sorted(name for _, name in best.values())
+
+
+def cli(capsys, *argv):
+    """Run ``mlpvision ARGV`` in this process: (exit status, stdout, stderr); torch's thread count is restored (and
+    validate / predict run on one thread)."""
+    from mlpvision.cli.main import main
+    threads = torch.get_num_threads()
+    if argv[0] in ('validate', 'predict'):
+        argv = (*argv, '--threads', '1')
+    try:
+        rc = main([str(a) for a in argv])
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(rc, err, command, *fragments):
+    """The CLI's contract for expected errors: exit status 2 and one line, ``mlpvision COMMAND: error: ...``."""
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'mlpvision {command}: error: '), err
+    assert 'Traceback' not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]

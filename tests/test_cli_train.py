@@ -13,30 +13,11 @@ from PIL import Image
 from mlpvision.cli.main import main
 from mlpvision.data import digits_arrays
 
+from conftest import assert_one_error_line, cli
+
 ROOT = Path(__file__).parents[1]
 MODEL = ['--model', 'resmlp_s12', '--model-kwargs', 'embed_dim=16', 'depth=1', 'patch_size=8', '--img-size', '32']
 TINY = [*MODEL, '--workers', '0', '--no-tensorboard', '--no-plot', '--no-progress', '--threads', '1']
-
-
-def cli(capsys, *argv):
-    threads = torch.get_num_threads()
-    if argv[0] in ('validate', 'predict'):
-        argv = (*argv, '--threads', '1')
-    try:
-        rc = main([str(a) for a in argv])
-    finally:
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_error_line(rc, err, command, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'mlpvision {command}: error: '), err
-    assert 'Traceback' not in err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope='module')

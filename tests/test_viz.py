@@ -14,6 +14,8 @@ from mlpvision.cli.main import main
 from mlpvision.errors import UsageError
 from test_models import SMALL
 
+from conftest import assert_one_error_line, cli
+
 # the smallest registered variant of each family; (number of trunk units, viz weights' array shape or None)
 FAMILIES = {
     'as_mlp_tiny': (4, None),  # AS-MLP mixes tokens by axial shifts: no token-mixing weights
@@ -23,24 +25,6 @@ FAMILIES = {
     'repmlpnet_t224': (4, (16, 16, 16, 16)),  # stage 0 at 64 / 4 = 16: one 16x16 partition
     'resmlp_s12': (2, (4, 4, 4, 4)),  # SMALL depth 2; 64 / 16-pixel patches = 4x4 patches
 }
-
-
-def cli(capsys, *argv):
-    threads = torch.get_num_threads()
-    try:
-        rc = main([str(a) for a in argv])
-    finally:
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_error_line(rc, err, command, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f'mlpvision {command}: error: '), err
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def _small_args(name):
