@@ -12,9 +12,9 @@ Captures, and which one each format uses:
 
 * ``torch.export`` (non-strict) for ``pt2``, ``aoti`` and the default ONNX exporter (``torch.onnx.export(dynamo=True)``,
   which translates the exported program). A dynamic H / W is given as ``Dim.AUTO``: ``torch.export`` works out the
-  range of sizes the graph is valid for (its 0/1 specialisation makes every feature map at least 2 long, and Hire-MLP's
-  region count at least 2 per stage: 64 px for AS-MLP, 67 px for Hire-MLP with the released region sizes) and the
-  program refuses sizes outside it (and AS-MLP's non-multiples of 32) with an error; that range is reported. The
+  range of sizes the graph is valid for (its 0/1 specialisation makes every feature map at least 2 long: 64 px for
+  AS-MLP; Hire-MLP-Tiny 67 px in the train form, where every stage also needs two regions, 35 px in the deploy form) and
+  the program refuses sizes outside it (and AS-MLP's non-multiples of 32) with an error; that range is reported. The
   batch is ``Dim('batch', min=1)``: the graphs hold for batch 1 too, and the example has batch 2, since an example of
   batch 1 lets the capture treat the batch as a constant 1 (Strip-MLP's dynamo export failed at batch 2 that way).
 * ``torch.jit.trace`` for the legacy ONNX exporter (``onnx_exporter='legacy'``, ``dynamo=False``): no size range, the
@@ -76,7 +76,7 @@ class ExportCheck:
 class ExportResult:
     path: Path
     format: str
-    exporter: str  # 'torch.export', 'dynamo', 'legacy' or 'aoti'
+    exporter: str  # 'torch.export', 'AOTInductor' (after torch.export), 'dynamo' or 'legacy' (ONNX)
     example_shape: tuple[int, ...]
     dynamic_batch: bool
     dynamic_size: bool
@@ -307,7 +307,7 @@ def export_model(
     if format not in FORMATS:
         raise UsageError(f'format must be one of {", ".join(FORMATS)}, got {format!r}')
     family = _family(model)
-    exporter = 'torch.export' if format == 'pt2' else 'aoti' if format == 'aoti' else \
+    exporter = 'torch.export' if format == 'pt2' else 'AOTInductor' if format == 'aoti' else \
         onnx_exporter or ONNX_EXPORTERS.get(family, 'dynamo')
     if format == 'onnx' and exporter not in ('dynamo', 'legacy'):
         raise UsageError(f"onnx_exporter must be 'dynamo' or 'legacy', got {exporter!r}")
@@ -329,8 +329,11 @@ def export_model(
     in_chans = getattr(model, 'in_chans', 3)
     example = torch.randn(_EXAMPLE_BATCH if dynamic_batch else 1, in_chans, *native,
                           generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model(example)  # a size the model does not take fails here, with the model's own message
+    try:
+        with torch.no_grad():
+            model(example)
+    except ValueError as e:  # a size or channel count the model does not take: the model's own message
+        raise UsageError(str(e)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', suffix=_SUFFIXES[format], dir=out.parent)
     os.close(fd)
