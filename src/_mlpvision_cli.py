@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
+    'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '
+                           'timm loads'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '

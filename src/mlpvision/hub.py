@@ -266,13 +266,18 @@ def convert(
     folder of this format) to a Hub-style folder; ``deploy=True`` writes the deploy (re-parameterised) form.
 
     A training checkpoint keeps its model name, constructor arguments, class names and preprocessing; an official
-    one needs ``model``. The weights are loaded strictly first (so the folder holds only weights that fit).
+    one needs ``model``. The weights are loaded strictly first (so the folder holds only weights that fit). ``src``
+    may also be a pretrained tag (``'resmlp_s12.fb_in1k'``), downloaded as ``pretrained=True`` does.
     """
     from ._reparam import is_reparameterized, reparameterize
     from .engine.inference import load_for_inference
+    from .models import create_model, is_model
 
     src_path = Path(src)
-    if is_pretrained_dir(src_path):
+    if not src_path.exists() and is_model(str(src)):  # a pretrained tag: downloaded (or taken from the cache)
+        net = create_model(str(src), pretrained=True, **dict(model_kwargs or {}))
+        name, args, labels, data = str(src).split('.', 1)[0], dict(model_kwargs or {}), None, None
+    elif is_pretrained_dir(src_path):
         net = load_pretrained_dir(src_path, **dict(model_kwargs or {}))
         cfg = _read_config(src_path)
         labels, name = cfg.get('label_names'), cfg['architecture']
@@ -283,8 +288,6 @@ def convert(
         net, name, args = loaded.model, loaded.name, dict(loaded.kwargs)
         labels = loaded.classes if loaded.meta is not None else None  # official ones: the model's own classes
         data = loaded.data_cfg.to_dict() if loaded.meta is not None else None
-        if loaded.form == 'deploy':
-            args['deploy'] = True
     if model is not None and model.split('.', 1)[0] != name:
         raise UsageError(f'{str(src)!r} holds a {name}, not a {model}; leave --model out for mlpvision checkpoints.')
     args.pop('deploy', None)

@@ -97,7 +97,7 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(
-        name: str,
+        name: str | os.PathLike,
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
         deploy: bool = False,
@@ -131,6 +131,7 @@ def create_model(
         **kwargs: passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``, ...), and
             timm's ``features_only`` / ``out_indices`` / ``feature_cls`` (applied after the checkpoint is loaded).
     """
+    name = os.fspath(name)
     source, _, rest = name.partition(':')
     if source == 'local-dir' or (not is_model(name) and os.path.isdir(name)):
         from ..hub import load_pretrained_dir
