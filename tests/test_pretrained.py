@@ -232,3 +232,26 @@ def test_tags_listed_as_in_timm():
         assert (cfg.url == w.page) if w.host == 'direct' else (w.host in ('Google Drive', 'OneDrive', 'Baidu')
                                                                and not cfg.has_weights)
         assert w.top1 is not None or 'no ' in w.top1_source  # a figure, or the reason there is none
+
+
+def test_deploy_with_a_new_classifier_folds_everything_else(server, cache, resmlp_official):
+    """pretrained=True, deploy=True, num_classes=10: the released weights are folded at their own size and only the
+    classifier is new (the deploy trunk equals the folded released one)."""
+    server.files['resmlp_12_no_dist.pth'] = resmlp_official
+    overlay = dict(url=f'{server.url}/ok/resmlp_12_no_dist.pth')
+    full = mlpvision.create_model('resmlp_s12', pretrained=True, deploy=True, pretrained_cfg_overlay=overlay)
+    ten = timm.create_model('resmlp_s12', pretrained=True, deploy=True, num_classes=10, pretrained_cfg_overlay=overlay)
+    assert ten.num_classes == 10
+    trunk = {k: v for k, v in full.state_dict().items() if not k.startswith('head.')}
+    assert trunk and all(torch.equal(v, ten.state_dict()[k]) for k, v in trunk.items())
+
+
+def test_readme_weights_table_is_current():
+    """The README's per-tag table is generated from the registry: regenerate with
+    ``mlpvision.model_table.weights_table()``."""
+    from pathlib import Path
+
+    from mlpvision.model_table import weights_table
+    readme = (Path(__file__).parents[1] / 'README.md').read_text()
+    start = readme.index('\n', readme.index('<!-- weights:start')) + 1
+    assert readme[start:readme.index('<!-- weights:end -->')] == weights_table()

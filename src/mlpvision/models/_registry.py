@@ -202,15 +202,19 @@ def _build(cls: type[nn.Module], variant: str, pretrained: bool, feature_cfg: di
     if pretrained and kwargs.get('deploy'):
         twin_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_ARGS + ('pretrained_cfg_overlay',)}
 
-        def train_form() -> nn.Module:
-            return build_model_with_cfg(cls, variant, False, feature_cfg=feature_cfg, **dict(twin_kwargs,
-                                                                                             deploy=False))
+        def twin(deploy: bool, **overrides) -> nn.Module:
+            return build_model_with_cfg(cls, variant, False, feature_cfg=feature_cfg,
+                                        **dict(twin_kwargs, deploy=deploy, **overrides))
 
         def fold_filter(state_dict: dict, model: nn.Module) -> dict:
-            try:
-                load_weights(model, state_dict, 'Pretrained weights', filter_fn, train_form)
-            except CheckpointError:  # e.g. a classifier timm is about to drop: timm's own checks take over
-                return filter_fn(state_dict, model) if filter_fn is not None else state_dict
+            released = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+            if released is not None and model.num_classes != released:
+                # a new classifier of another size: fold at the released size, then timm drops that classifier
+                target = twin(True, num_classes=released)
+                load_weights(target, state_dict, 'Pretrained weights', filter_fn,
+                             lambda: twin(False, num_classes=released))
+                return target.state_dict()
+            load_weights(model, state_dict, 'Pretrained weights', filter_fn, lambda: twin(False))
             return model.state_dict()
 
         return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=fold_filter,
