@@ -77,6 +77,7 @@ def test_training_checkpoint_keeps_model_args_classes_and_preprocessing(tmp_path
                       timm.create_model(f'local-dir:{tmp_path / "digits"}', pretrained=True)):
             assert torch.allclose(model.eval()(x), ref, atol=1e-5, rtol=1e-4)
             assert list(model.pretrained_cfg['label_names']) == list(meta['classes'])
+            assert tuple(model.pretrained_cfg['mean']) == tuple(meta['data_config']['mean'])
 
 
 def test_convert_errors_are_one_line(official, tmp_path, capsys):

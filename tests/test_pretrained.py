@@ -129,6 +129,8 @@ def test_download_caches_and_reproduces_the_official_logits(server, cache, resml
     ten = timm.create_model('resmlp_s12.fb_in1k', pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(url=url))
     assert ten.head.out_features == 10
     assert torch.equal(ten.stem.proj.weight, model.stem.proj.weight)
+    gray = mlpvision.create_model('resmlp_s12', pretrained=True, in_chans=1, pretrained_cfg_overlay=dict(url=url))
+    assert torch.allclose(gray.stem.proj.weight, model.stem.proj.weight.sum(1, keepdim=True))  # timm's adaptation
 
 
 def test_registered_tag_with_its_hash(server, cache, resmlp_official, monkeypatch):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -45,6 +46,7 @@ WEIGHTS_NAME = 'model.safetensors'  # timm's HF_SAFE_WEIGHTS_NAME
 CONFIG_NAME = 'config.json'
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{6,64})\.')  # torch.hub.HASH_REGEX, at least 6 hex digits
 _CHUNK = 1 << 20
+_logger = logging.getLogger('mlpvision.hub')
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
@@ -97,11 +99,13 @@ def download_weights(
         ' Check the connection and the URL, or download the file by hand and pass checkpoint_path=FILE '
         '(or pretrained_cfg_overlay=dict(file=FILE) with pretrained=True).')
     if path.is_file():
+        _logger.info('Loading %s from the cache (%s)', url, path)
         try:
             return path, read_checkpoint(path)
         except CheckpointError as e:
             raise CheckpointError(f'{e} It is the cached download of {url}: delete {str(path)!r} to download it '
                                   f'again.') from e
+    _logger.info('Downloading %s to %s', url, path)
     suffix = ''.join(Path(filename).suffixes[-1:])  # read_checkpoint tells safetensors by the suffix
     fd, tmp = tempfile.mkstemp(prefix=f'.{filename}.', suffix=f'.part{suffix}', dir=folder)
     try:
@@ -244,12 +248,14 @@ def load_pretrained_dir(path: str | os.PathLike, **kwargs) -> nn.Module:
             raise CheckpointError(f'{str(path)!r} has a config.json but no weights ({WEIGHTS_NAME}).')
         weights = path / found[0]
     args = dict(cfg.get('model_args') or {})
-    args.pop('global_pool', None)  # informational in timm's export; our constructors pool as built
     args.update(kwargs)
     deploy = bool(args.pop('deploy', False))
     model = create_model(arch, checkpoint_path=weights, deploy=deploy, **args)
-    if cfg.get('label_names') and hasattr(model, 'pretrained_cfg'):
-        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(cfg['label_names']))
+    if hasattr(model, 'pretrained_cfg'):  # the saved preprocessing and class names, as timm's loader keeps them
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in (cfg.get('pretrained_cfg') or {}).items()}
+        if cfg.get('label_names'):
+            saved['label_names'] = tuple(cfg['label_names'])
+        model.pretrained_cfg = dict(model.pretrained_cfg, **saved, file=str(weights))
         model.default_cfg = model.pretrained_cfg
     return model
 

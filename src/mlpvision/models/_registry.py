@@ -182,8 +182,11 @@ def build_model(cls: type[nn.Module], variant: str, pretrained: bool = False, fe
 
         def checked(_placeholder: dict, model: nn.Module) -> dict:
             sd = mapped(_placeholder, model)
-            if model.num_classes == (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes'):
-                check_state_dict(model, sd, source)  # one clear line; timm drops a classifier of another size
+            pcfg = getattr(model, 'pretrained_cfg', None) or {}
+            released_chans = (pcfg.get('input_size') or (3,))[0]
+            if model.num_classes == pcfg.get('num_classes') and kwargs.get('in_chans', released_chans) == \
+                    released_chans:  # else timm adapts the classifier / first conv, then loads what fits
+                check_state_dict(model, sd, source)  # one clear line instead of load_state_dict's traceback
             return sd
 
         filter_fn = mapped if kwargs.get('deploy') else checked  # the deploy path checks both forms itself
