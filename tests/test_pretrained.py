@@ -257,3 +257,22 @@ def test_readme_weights_table_is_current():
     readme = (Path(__file__).parents[1] / 'README.md').read_text()
     start = readme.index('\n', readme.index('<!-- weights:start')) + 1
     assert readme[start:readme.index('<!-- weights:end -->')] == weights_table()
+
+
+@torch.no_grad()
+def test_timm_hub_file_downloads_into_ours(server, cache):
+    """timm's hub file for the same architecture (timm/resmlp_12_224.*: model.safetensors, timm's key names and
+    (1, 1, C) Affines), made from timm's own resmlp_12_224 with the parity fill, downloaded as a safetensors URL:
+    ours gives timm's logits."""
+    from safetensors.torch import save
+
+    from fill import fill_tensor
+    theirs = timm.create_model('resmlp_12_224').eval()
+    theirs.load_state_dict({k: fill_tensor(k, v.shape).reshape(v.shape) for k, v in theirs.state_dict().items()})
+    server.files['model.safetensors'] = save(theirs.state_dict())
+    x = make_input(0, (2, 3, 224, 224))
+    ours = mlpvision.create_model('resmlp_s12', pretrained=True, deploy=True,
+                                  pretrained_cfg_overlay=dict(url=f'{server.url}/ok/model.safetensors'))
+    ref = theirs(x)
+    assert (ours.eval()(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert _cached(cache) == ['model.safetensors']
