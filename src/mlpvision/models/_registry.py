@@ -239,9 +239,9 @@ def _pretrained_source(variant: str, kwargs: dict) -> tuple[dict, str] | None:
     if cfg.url:
         from ..hub import download_weights
         url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]
-        sha256 = weights.sha256 if weights is not None and weights.url == url else None
-        _, obj = download_weights(url, sha256=sha256, cache=kwargs.get('cache_dir'),
-                                  page=weights.page if weights is not None else None)
+        registered = weights if weights is not None and weights.url == url else None  # not for another URL
+        _, obj = download_weights(url, sha256=registered and registered.sha256, cache=kwargs.get('cache_dir'),
+                                  page=registered and registered.page)
         sd = unwrap_state_dict(obj)
         if not sd:
             raise CheckpointError(f'The download {url} holds no tensors (keys: {list(obj)[:10]}).')
