@@ -113,7 +113,8 @@ def _cached(cache):
 
 def test_download_caches_and_reproduces_the_official_logits(server, cache, resmlp_official):
     """timm.create_model and mlpvision.create_model (train and deploy form) on one download, cached under the URL's
-    file name where timm keeps its own, read once from the server."""
+    file name where timm keeps its own, read once from the server; timm's num_classes / in_chans adaptation holds,
+    in the deploy form too."""
     server.files['resmlp_12_no_dist.pth'] = resmlp_official
     url = f'{server.url}/ok/resmlp_12_no_dist.pth'
     model = timm.create_model('resmlp_s12.fb_in1k', pretrained=True, pretrained_cfg_overlay=dict(url=url))
@@ -131,6 +132,11 @@ def test_download_caches_and_reproduces_the_official_logits(server, cache, resml
     assert torch.equal(ten.stem.proj.weight, model.stem.proj.weight)
     gray = mlpvision.create_model('resmlp_s12', pretrained=True, in_chans=1, pretrained_cfg_overlay=dict(url=url))
     assert torch.allclose(gray.stem.proj.weight, model.stem.proj.weight.sum(1, keepdim=True))  # timm's adaptation
+    # deploy=True with a new classifier: folded at the released size, only the classifier is new
+    ten = timm.create_model('resmlp_s12', pretrained=True, deploy=True, num_classes=10,
+                            pretrained_cfg_overlay=dict(url=url))
+    trunk = {k: v for k, v in deployed.state_dict().items() if not k.startswith('head.')}
+    assert ten.num_classes == 10 and trunk and all(torch.equal(v, ten.state_dict()[k]) for k, v in trunk.items())
 
 
 def test_registered_tag_with_its_hash(server, cache, resmlp_official, monkeypatch):
@@ -234,18 +240,6 @@ def test_tags_listed_as_in_timm():
         assert (cfg.url == w.page) if w.host == 'direct' else (w.host in ('Google Drive', 'OneDrive', 'Baidu')
                                                                and not cfg.has_weights)
         assert w.top1 is not None or 'no ' in w.top1_source  # a figure, or the reason there is none
-
-
-def test_deploy_with_a_new_classifier_folds_everything_else(server, cache, resmlp_official):
-    """pretrained=True, deploy=True, num_classes=10: the released weights are folded at their own size and only the
-    classifier is new (the deploy trunk equals the folded released one)."""
-    server.files['resmlp_12_no_dist.pth'] = resmlp_official
-    overlay = dict(url=f'{server.url}/ok/resmlp_12_no_dist.pth')
-    full = mlpvision.create_model('resmlp_s12', pretrained=True, deploy=True, pretrained_cfg_overlay=overlay)
-    ten = timm.create_model('resmlp_s12', pretrained=True, deploy=True, num_classes=10, pretrained_cfg_overlay=overlay)
-    assert ten.num_classes == 10
-    trunk = {k: v for k, v in full.state_dict().items() if not k.startswith('head.')}
-    assert trunk and all(torch.equal(v, ten.state_dict()[k]) for k, v in trunk.items())
 
 
 def test_readme_weights_table_is_current():
