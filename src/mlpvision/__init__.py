@@ -2,6 +2,7 @@
 
 ``import mlpvision`` registers every model in timm's registry, so ``timm.create_model(name)`` works too.
 """
+from . import hub  # downloads, the Hub folder format, convert
 from ._checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_state_dict
 from ._profile import Profile, count_params, profile
 from ._reparam import is_reparameterized, reparameterize
