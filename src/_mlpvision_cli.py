@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
+    'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '
+                           'timm loads'),
     'export': ('export', 'export a model to ONNX or torch.export (.pt2), verified against eager before it is written'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'

@@ -94,7 +94,7 @@ from ..layers.fast_linear import tracing
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['HireMLP', 'HireMLPBlock', 'HireModule', 'RegionMlp', 'HireMLPNet', 'HireBlock']
 
@@ -641,26 +641,37 @@ def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireML
         **kwargs)
 
 
-def _cfg(meta: ModelMeta, url: str = '', **kwargs) -> dict:
+def _cfg(meta: ModelMeta, **kwargs) -> dict:
     # official _cfg: crop 0.9, bicubic, ImageNet mean/std; the model accepts any input size
     return dict(
-        url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
+        url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
         crop_pct=0.9, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv='stem.conv', classifier='head.fc', license='apache-2.0', meta=meta, **kwargs)
+        first_conv='stem.conv', classifier='head.fc', license='mit', meta=meta, **kwargs)
 
 
 _PAPER = 'arXiv:2108.13341 v2 / official README table'
+# Releases: the README table's "Ckpt" links, GitHub release assets (direct downloads; no hash published). The files
+# are the training script's checkpoints ({'model': ..., 'args': argparse.Namespace, ...}), read with weights_only.
+# License: the README's MIT badge (the repository has no LICENSE file).
 _RELEASE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch/releases/download/log/'
+
+
+def _weights(file: str, top1: float) -> Weights:
+    return Weights(source='ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6:README.md',
+                   host='direct', page=_RELEASE + file, top1=top1, top1_source='official README table',
+                   license='mit')
+
+
 default_cfgs = generate_cfgs({
     'hire_mlp_tiny.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_tiny', params=18_041_672, gmacs=2.149,
-        params_paper='18M', gmacs_paper=2.1, top1_paper=79.7), url=_RELEASE + 'hire_mlp_tiny.pth'),
+        params_paper='18M', gmacs_paper=2.1, top1_paper=79.7), weights=_weights('hire_mlp_tiny.pth', 79.7)),
     'hire_mlp_small.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_small', params=33_113_848, gmacs=4.240,
-        params_paper='33M', gmacs_paper=4.2, top1_paper=82.1), url=_RELEASE + 'hire_mlp_small.pth'),
+        params_paper='33M', gmacs_paper=4.2, top1_paper=82.1), weights=_weights('hire_mlp_small.pth', 82.1)),
     'hire_mlp_base.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_base', params=58_226_856, gmacs=8.125,
-        params_paper='58M', gmacs_paper=8.1, top1_paper=83.2), url=_RELEASE + 'hire_mlp_base.pth'),
+        params_paper='58M', gmacs_paper=8.1, top1_paper=83.2), weights=_weights('hire_mlp_base.pth', 83.2)),
     'hire_mlp_large.untrained': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_large', params=95_723_944, gmacs=13.442,
         params_paper='96M', gmacs_paper=13.4, top1_paper=83.8, notes='no released checkpoint')),
