@@ -13,8 +13,9 @@ Captures, and which one each format uses:
 * ``torch.export`` (non-strict) for ``pt2``, ``aoti`` and the default ONNX exporter (``torch.onnx.export(dynamo=True)``,
   which translates the exported program). A dynamic H / W is given as ``Dim.AUTO``: ``torch.export`` works out the
   range of sizes the graph is valid for (its 0/1 specialisation makes every feature map at least 2 long: 64 px for
-  AS-MLP; Hire-MLP-Tiny 67 px in the train form, where every stage also needs two regions, 35 px in the deploy form) and
-  the program refuses sizes outside it (and AS-MLP's non-multiples of 32) with an error; that range is reported. The
+  AS-MLP; Hire-MLP-Tiny 67 px for ``pt2``, where every stage also needs two regions, 35 px in the ONNX exporter's own
+  call) and the program refuses sizes outside it (and AS-MLP's non-multiples of 32) with an error; that range is
+  reported. The
   batch is ``Dim('batch', min=1)``: the graphs hold for batch 1 too, and the example has batch 2, since an example of
   batch 1 lets the capture treat the batch as a constant 1 (Strip-MLP's dynamo export failed at batch 2 that way).
 * ``torch.jit.trace`` for the legacy ONNX exporter (``onnx_exporter='legacy'``, ``dynamo=False``): no size range, the

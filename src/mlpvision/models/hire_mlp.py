@@ -63,8 +63,8 @@ Export (``torch.export``, ``torch.jit.trace``, both ONNX exporters; :mod:`mlpvis
 captured (:func:`mlpvision.layers.fast_linear.tracing`) the region MLPs run ``RegionMlp._forward_traced``, the same
 maths written as gathers, so that no size in the graph depends on the input size's remainder by the region size (the
 eager code pads by it in Python, which a graph would bake in). A torch.export graph then serves every input from the
-size its 0/1 specialisation allows (Hire-MLP-Tiny: 67 px in the train form, where every stage needs two regions, 35
-px in the deploy form; docs/export.md), a ``torch.jit.trace`` graph every size.
+size its 0/1 specialisation allows (Hire-MLP-Tiny: 67 px for a ``.pt2`` program, where every stage needs two regions,
+35 px for the dynamo ONNX graph; docs/export.md), a ``torch.jit.trace`` graph every size.
 
 MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
 also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
