@@ -192,7 +192,7 @@ def test_hire_legacy_onnx_serves_small_and_odd_sizes(tmp_path):
     r = export_model(model, tmp_path / 'm.onnx', 'onnx', dynamic_batch=True, dynamic_size=True,
                      input_size=(96, 96), onnx_exporter='legacy')
     sess = ort.InferenceSession(str(r.path), providers=['CPUExecutionProvider'])
-    for size in ((3, 5), (19, 21), (50, 62), (70, 93)):
+    for size in ((3, 5), (19, 21), (50, 62), (70, 93), (200, 250)):  # 200x250 failed before (issue 15)
         x = torch.randn(2, 3, *size)
         (y,) = sess.run(None, {'input': x.numpy()})
         with torch.no_grad():
