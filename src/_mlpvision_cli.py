@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
+    'quantize': ('quantize', 'quantize a model to int8 for CPU inference (post-training, calibrated on real images)'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '

@@ -180,11 +180,17 @@ class QuantizedModel(nn.Module):
     def __init__(self, program: torch.fx.GraphModule, recipe: _Recipe, observer_state: dict[str, torch.Tensor],
                  compile: bool = True) -> None:
         super().__init__()
+        self.training = False
         self.program = program
         self.recipe = recipe
         self._observer_state = observer_state
         self._compile = compile
         self._compiled = None
+
+    def train(self, mode: bool = True) -> QuantizedModel:
+        """Inference only: the exported program has no training form (and refuses ``train()`` / ``eval()``), so
+        this changes nothing; it lets code that calls ``model.eval()`` (``mlpvision.engine.evaluate``) run it."""
+        return self
 
     @property
     def input_size(self) -> tuple[int, int, int]:

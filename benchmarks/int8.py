@@ -1,0 +1,140 @@
+"""int8 against fp32 and bf16 inference, side by side in one process (docs/benchmarks.md, "int8 post-training
+quantization").
+
+For each model the deploy form is run as
+
+* ``fp32``: eager, float32 (mlpvision's oneDNN layer paths, as ``mlpvision bench --reparam``);
+* ``bf16``: eager under bf16 autocast (``mlpvision bench --reparam --dtype bf16``: the figure the issue's 1.5x target
+  is set against);
+* ``bf16 compiled``: ``torch.compile`` (inductor, ``dynamic=False``) under bf16 autocast, the fastest float form
+  here, so that int8's gain is not only the compiler's;
+* ``int8``: :func:`mlpvision.quantize.quantize` (PT2E, x86 quantizer, inductor with freezing).
+
+Repeats are interleaved over every (model, form) pair, the order reversing on every other repeat (as
+:func:`mlpvision.bench.run_bench` does), and the figures are medians; the environment block (torch and oneDNN
+versions, the host's GEMM peaks, load before and after) is :func:`mlpvision.bench.environment`'s. The weights are
+random (seeded) and so is the calibration batch: speed does not depend on the values. Accuracy is measured on real
+images by ``mlpvision quantize --val-dir``.
+
+    PYTHONPATH=src python benchmarks/int8.py --models resmlp_s12,repmlpnet_t224 --batch-size 8 --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import mlpvision
+from mlpvision.bench import BenchSettings, _loadavg, environment
+from mlpvision.quantize import quantize
+
+FORMS = ('fp32', 'bf16', 'bf16 compiled', 'int8')
+
+
+def bf16() -> contextlib.AbstractContextManager:
+    return torch.autocast('cpu', dtype=torch.bfloat16)
+
+
+def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dict[str, Callable[[], None]], dict]:
+    torch.manual_seed(0)
+    model = mlpvision.create_model(name, img_size=img_size).eval()
+    deploy = mlpvision.reparameterize(model).eval()
+    x = torch.randn(batch, 3, img_size, img_size)
+    info = {}
+    t = time.perf_counter()
+    q = quantize(model, torch.randn(calib_images, 3, img_size, img_size), model_kwargs=dict(img_size=img_size))
+    info['quantize_s'] = time.perf_counter() - t
+    compiled = torch.compile(deploy, dynamic=False)
+
+    def run_fp32() -> None:
+        deploy(x)
+
+    def run_bf16() -> None:
+        with bf16():
+            deploy(x)
+
+    def run_bf16_compiled() -> None:
+        with bf16():
+            compiled(x)
+
+    def run_int8() -> None:
+        q(x)
+
+    with torch.inference_mode():
+        ref = deploy(x)
+        t = time.perf_counter()
+        out = q(x)
+        info['int8_compile_s'] = time.perf_counter() - t
+        info['int8_vs_fp32'] = float((out - ref).abs().max() / ref.abs().max())
+        with bf16():
+            info['bf16_vs_fp32'] = float((deploy(x).float() - ref).abs().max() / ref.abs().max())
+    return dict(zip(FORMS, (run_fp32, run_bf16, run_bf16_compiled, run_int8), strict=True)), info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--models', default='resmlp_s12,repmlpnet_t224')
+    p.add_argument('--batch-size', type=int, default=8, help='as mlpvision bench (default 8)')
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--threads', type=int, help="torch threads (default: torch's)")
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--repeat-time', type=float, default=1.0, help='seconds per timed repeat of each form')
+    p.add_argument('--calib-images', type=int, default=32, help='random calibration images (speed only)')
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = BenchSettings(batch_size=args.batch_size, img_size=args.img_size, reparam=True,
+                             threads=args.threads, repeats=args.repeats)
+    env = environment(settings)
+    runs: dict[tuple[str, str], Callable[[], None]] = {}
+    infos = {}
+    for name in args.models.split(','):
+        print(f'[build] {name}: deploy form, quantize, compile', file=sys.stderr, flush=True)
+        forms, infos[name] = _forms(name, args.batch_size, args.img_size, args.calib_images)
+        runs.update({(name, f): fn for f, fn in forms.items()})
+    iters = {}
+    with torch.inference_mode():
+        for key, fn in runs.items():  # warm-up (compilation) and the calls per repeat
+            fn()
+            t = time.perf_counter()
+            fn()
+            iters[key] = max(1, round(args.repeat_time / (time.perf_counter() - t)))
+        samples: dict[tuple[str, str], list[float]] = {k: [] for k in runs}
+        order = list(runs)
+        for r in range(args.repeats):
+            for key in order if r % 2 == 0 else order[::-1]:
+                fn, n = runs[key], iters[key]
+                t = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[key].append(n * args.batch_size / (time.perf_counter() - t))
+            print(f'[repeat {r + 1}/{args.repeats}] load {_loadavg()}', file=sys.stderr, flush=True)
+    env['loadavg_after'] = _loadavg()
+
+    print(f'# int8 against fp32 and bf16 (deploy form, batch {args.batch_size}, {args.img_size}x{args.img_size}, '
+          f'{torch.get_num_threads()} threads, {args.repeats} interleaved repeats, medians)\n')
+    for k, v in env.items():
+        if k != 'memory_method':
+            print(f'- {k}: {v}')
+    print('\n| model | ' + ' | '.join(f'{f} img/s' for f in FORMS) + ' | int8 / bf16 | int8 / bf16 compiled | '
+          'int8 / fp32 | spread % (int8) | max diff / max logit: int8, bf16 | quantize s |')
+    print('|---|' + '---:|' * (len(FORMS) + 6))
+    for name, info in infos.items():
+        med = {f: statistics.median(samples[(name, f)]) for f in FORMS}
+        s = samples[(name, 'int8')]
+        spread = 100 * (max(s) - min(s)) / statistics.median(s)
+        cells = [f'{med[f]:.1f}' for f in FORMS] + [
+            f'{med["int8"] / med["bf16"]:.2f}x', f'{med["int8"] / med["bf16 compiled"]:.2f}x',
+            f'{med["int8"] / med["fp32"]:.2f}x', f'{spread:.0f}',
+            f'{info["int8_vs_fp32"]:.3f}, {info["bf16_vs_fp32"]:.3f}', f'{info["quantize_s"]:.0f}']
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
