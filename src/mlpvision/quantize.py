@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,9 +59,10 @@ __all__ = ['QuantizedModel', 'quantize', 'load_quantized', 'calibration_batches'
 FORMAT_VERSION = 1
 _META_KEY = 'mlpvision_int8'
 
-# families whose deploy form exports, quantizes and compiles to the int8 kernels (tests/test_quantize.py checks the
-# smallest model of each); the others fail inside torch.export or the quantizer (see _family_error)
-SUPPORTED_FAMILIES = ('resmlp', 'repmlpnet', 'repmlp')
+# families whose deploy form goes through torch.export and the x86 quantizer (tests/test_quantize.py: a small model
+# of each, the int8 program against the float one). Strip-MLP's graph stops the quantizer ("Input partition has
+# more than one output node": a layer called at several places), so it is refused up front.
+SUPPORTED_FAMILIES = ('as_mlp', 'hire_mlp', 'repmlp', 'repmlpnet', 'resmlp')
 
 
 def _torchao():
@@ -128,6 +130,60 @@ def _prepare_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+def _bn_to_affine(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Inference batch norms that no conv absorbed (RepMLPNet's pre-norms and final norm) as ``x * scale + shift``.
+
+    ``convert_pt2e`` runs its QAT conv-bn folding whenever a batch norm is left in the graph, and that traces 96
+    patterns with ``torch.export``: 16 s of CPU for a tiny RepMLPNet, on every quantize and load. The same
+    arithmetic as a multiply-add leaves it nothing to do (and inductor fuses it into its neighbours either way).
+    """
+    g = gm.graph
+    aten = torch.ops.aten
+    for i, n in enumerate(list(g.nodes)):
+        if n.op != 'call_function':
+            continue
+        if n.target == aten.batch_norm.default and n.args[5] is False:  # (x, w, b, mean, var, training, mom, eps)
+            x, *params = n.args[:5]
+            eps, outputs = n.args[7], [n]
+        elif n.target == aten._native_batch_norm_legit_no_training.default:  # (x, w, b, mean, var, mom, eps)
+            x, *params = n.args[:5]
+            eps, outputs = n.args[6], list(n.users)
+            if not all(u.target is operator.getitem and u.args[1] == 0 for u in outputs):
+                continue
+        else:
+            continue
+        if not all(isinstance(t, torch.fx.Node) and t.op == 'get_attr' for t in params):
+            continue
+        w, b, mean, var = (_attr(gm, t.target) for t in params)
+        shape = (-1,) + (1,) * (_rank(x) - 2)
+        scale = (w / torch.sqrt(var + eps)).detach().reshape(shape)
+        shift = (b.detach().reshape(shape) - mean.reshape(shape) * scale)
+        names = (f'_int8_bn{i}_scale', f'_int8_bn{i}_shift')
+        gm.register_buffer(names[0], scale)
+        gm.register_buffer(names[1], shift)
+        with g.inserting_before(n):
+            scale_node, shift_node = g.get_attr(names[0]), g.get_attr(names[1])
+            mul = g.call_function(aten.mul.Tensor, (x, scale_node))
+            add = g.call_function(aten.add.Tensor, (mul, shift_node))
+        with _fake_value(x.meta['val']):
+            mul.meta['val'] = x.meta['val'] * torch.empty(scale.shape)
+            add.meta['val'] = mul.meta['val'] + torch.empty(scale.shape)
+        for out in outputs:
+            out.replace_all_uses_with(add)
+            if out is not n:
+                g.erase_node(out)
+        g.erase_node(n)
+    g.eliminate_dead_code()
+    g.lint()
+    gm.recompile()
+    return gm
+
+
+def _attr(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition('.')
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
 def _is_weight(gm: torch.fx.GraphModule, node: Any) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == 'get_attr' and _rank(node) == 2
 
@@ -150,7 +206,11 @@ def _prepared(model: nn.Module, input_size: Sequence[int]) -> torch.fx.GraphModu
                          f'deploy form') from None
     gm = _prepare_graph(ep.module())
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    return prepare_pt2e(gm, quantizer)
+    try:
+        return prepare_pt2e(gm, quantizer)
+    except (ValueError, AssertionError, RuntimeError) as e:
+        raise UsageError(f'the x86 quantizer could not annotate {type(model).__name__} ({type(e).__name__}: {e}); '
+                         f'run it in bf16 instead') from None
 
 
 @dataclass
@@ -314,7 +374,7 @@ def _rebuilt(name: str, kwargs: dict, state_dict: dict[str, torch.Tensor]) -> nn
 def _converted(prepared: torch.fx.GraphModule, recipe: _Recipe, state: dict[str, torch.Tensor],
                compile: bool) -> QuantizedModel:
     _, convert_pt2e, _ = _torchao()
-    program = convert_pt2e(prepared)
+    program = convert_pt2e(_bn_to_affine(prepared))
     return QuantizedModel(program, recipe, state, compile=compile)
 
 
