@@ -40,6 +40,30 @@ def bf16() -> contextlib.AbstractContextManager:
     return torch.autocast('cpu', dtype=torch.bfloat16)
 
 
+def int8_gemm_peak(size: int = 2048, repeats: int = 5) -> float:
+    """oneDNN's int8 GEMM (``onednn::qlinear_pointwise``, the kernel the int8 program runs: u8 activations, s8
+    weights) on a (size x size) @ (size x size) product in G MAC/s, best of ``repeats``: the int8 counterpart of
+    :func:`mlpvision.bench.gemm_peaks`."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (size, size), dtype=torch.uint8, generator=g)
+    w = torch.randint(-127, 128, (size, size), dtype=torch.int8, generator=g)
+    packed = torch.ops.onednn.qlinear_prepack(w, [size, size])
+    scales, zero_points = torch.full((size,), 0.01), torch.zeros(size, dtype=torch.int64)
+
+    def gemm() -> None:
+        torch.ops.onednn.qlinear_pointwise(x, 0.02, 128, packed, scales, zero_points, None, 1.0, 0, torch.float32,
+                                           'none', [], '')
+
+    for _ in range(2):
+        gemm()
+    best = float('inf')
+    for _ in range(repeats):
+        t = time.perf_counter()
+        gemm()
+        best = min(best, time.perf_counter() - t)
+    return size ** 3 / best / 1e9
+
+
 def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dict[str, Callable[[], None]], dict]:
     torch.manual_seed(0)
     model = mlpvision.create_model(name, img_size=img_size).eval()
@@ -91,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = BenchSettings(batch_size=args.batch_size, img_size=args.img_size, reparam=True,
                              threads=args.threads, repeats=args.repeats)
     env = environment(settings)
+    env['gemm_peak_int8'] = (f'{int8_gemm_peak():.0f} G MAC/s int8 through onednn::qlinear_pointwise (u8 x s8); '
+                             f'2048^3 GEMM, {torch.get_num_threads()} threads, best of 5')
     runs: dict[tuple[str, str], Callable[[], None]] = {}
     infos = {}
     for name in args.models.split(','):
