@@ -1,11 +1,10 @@
 """Quantize a model to int8 for CPU inference: `mlpvision quantize CHECKPOINT|MODEL --calib-dir DIR --out FILE`.
 
 The deploy (re-parameterised) form is quantized after training (PyTorch 2 export quantization with the x86
-quantizer, run through inductor: :mod:`mlpvision.quantize`), calibrated on ``--calib-images`` images of
-``--calib-dir`` (taken evenly over its sorted files) and written as one ``.safetensors`` file that
-``mlpvision.quantize.load_quantized`` reads without running code from it. With ``--val-dir`` (a folder of class
-sub-folders, the checkpoint's classes) the top-1 of the float deploy model and of the int8 model are measured there,
-printed and stored in the file.
+quantizer, run through inductor; mlpvision.quantize), calibrated on --calib-images images of --calib-dir (taken
+evenly over its sorted files) and written as one .safetensors file that mlpvision.quantize.load_quantized reads
+without running code from it. With --val-dir (a folder of class sub-folders, the checkpoint's classes) the top-1 of
+the float deploy model and of the int8 model are measured there, printed and stored in the file.
 """
 from __future__ import annotations
 
