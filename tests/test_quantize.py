@@ -6,6 +6,7 @@ import torch
 
 import mlpvision
 from mlpvision import CheckpointError
+from mlpvision.data.transforms import resolve_data_config
 from mlpvision.errors import UsageError
 
 from conftest import assert_one_error_line, cli, on_meta
@@ -104,7 +105,7 @@ def test_clear_errors(tmp_path):
     with pytest.raises(UsageError, match='supports the .* families; got a strip_mlp model'):
         quantize(on_meta('strip_mlp_tiny'), _images(4))
     with pytest.raises(UsageError, match='no calibration images'):
-        calibration_batches(tmp_path, mlpvision.data.transforms.resolve_data_config(model))
+        calibration_batches(tmp_path, resolve_data_config(model))
     with pytest.raises(CheckpointError, match='does not exist'):
         load_quantized(tmp_path / 'missing.safetensors')
     mlpvision.save_state_dict(model, tmp_path / 'weights.safetensors')
@@ -156,7 +157,7 @@ def test_cli_quantize_errors(capsys, tmp_path):
 ])
 def test_other_supported_families_quantize(name, kwargs):
     model = mlpvision.create_model(name, **kwargs).eval()
-    size = mlpvision.data.transforms.resolve_data_config(model).input_size[-1]
+    size = resolve_data_config(model).input_size[-1]
     q = quantize(model, _images(16, size), model_kwargs=kwargs, compile=False)
     x = _images(2, size)
     with torch.no_grad():

@@ -11,7 +11,8 @@ The route is PyTorch 2 export quantization (PT2E) with the x86 quantizer, then i
 3. torchao's ``X86InductorQuantizer`` (default config: int8 activations per tensor, static, from a histogram
    observer; int8 weights per output channel, symmetric) annotates convs and linears with their fused activations
    and residual adds; ``prepare_pt2e`` inserts observers, a few hundred real images are run through them
-   (calibration), and ``convert_pt2e`` turns the graph into quantize / dequantize pairs around float ops;
+   (calibration), and ``convert_pt2e`` turns the graph into quantize / dequantize pairs around float ops (batch
+   norms that no conv absorbed become multiply-adds first, :func:`_bn_to_affine`);
 4. ``torch.compile`` with inductor's ``freezing`` matches those patterns and lowers them to oneDNN's int8 kernels
    (``onednn::qlinear_pointwise``, ``onednn::qconv_pointwise``: VNNI / AMX-INT8 where the CPU has them) with the
    weights pre-packed and the activation fused.
@@ -19,10 +20,10 @@ The route is PyTorch 2 export quantization (PT2E) with the x86 quantizer, then i
 Without step 4 the converted graph runs as a simulation (dequantize, float op, quantize), correct but slower than
 float: :class:`QuantizedModel` compiles it on its first CPU call unless asked not to.
 
-What else was tried on this machine (figures in ``docs/benchmarks.md``, "int8 post-training quantization"):
-eager-mode ``torch.ao.quantization.quantize_dynamic`` cannot apply (our MLP layers read their module's weight
-tensor; a dynamically quantized ``Linear`` has none), and without the graph tidying above the quantizer annotated
-2 of ResMLP-S12's 25 linear layers.
+Figures and what it took are in ``docs/benchmarks.md``, "int8 post-training quantization": without the graph
+tidying the quantizer annotated 2 of ResMLP-S12's 25 linear layers. Eager ``torch.ao.quantization.quantize_dynamic``
+was not an option: our MLP layers read their module's ``weight`` tensor, which a dynamically quantized ``Linear``
+does not have.
 
 The artifact (:meth:`QuantizedModel.save`) is one ``.safetensors`` file: the float deploy weights, the observers'
 calibration state (histograms, ranges) and a JSON recipe (model name and arguments, classes, preprocessing, versions)
@@ -36,7 +37,6 @@ Needs ``torchao`` (``pip install mlpvision[quantize]``).
 from __future__ import annotations
 
 import json
-import logging
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -50,8 +50,6 @@ import torch.nn as nn
 from ._checkpoint import CheckpointError, atomic_save
 from ._reparam import reparameterize
 from .errors import UsageError
-
-_logger = logging.getLogger(__name__)
 
 __all__ = ['QuantizedModel', 'quantize', 'load_quantized', 'calibration_batches', 'SUPPORTED_FAMILIES',
            'FORMAT_VERSION']
@@ -91,9 +89,10 @@ def _check_family(family: str) -> None:
                          f'yet: run it in bf16 instead, `mlpvision bench --dtype bf16 --reparam`)')
 
 
-def _fake_value(*values: Any):
+def _fake_mode(value: torch.Tensor):
+    """The fake-tensor mode of an exported node's ``meta['val']``, to give the nodes made here theirs."""
     from torch._guards import detect_fake_mode
-    return detect_fake_mode(values)
+    return detect_fake_mode([value])
 
 
 def _prepare_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -106,9 +105,9 @@ def _prepare_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
         if n.target == aten.dropout.default and len(n.args) == 3 and n.args[2] is False:
             n.replace_all_uses_with(n.args[0])
             g.erase_node(n)
-        elif n.target == aten.matmul.default and _is_weight(gm, n.args[0]) and _rank(n.args[1]) == 3:
+        elif n.target == aten.matmul.default and _is_weight(n.args[0]) and _rank(n.args[1]) == 3:
             weight, x = n.args
-            fake = _fake_value(x.meta['val'])
+            fake = _fake_mode(x.meta['val'])
             with g.inserting_before(n):
                 xt = g.call_function(aten.transpose.int, (x, 1, 2))
                 lin = g.call_function(aten.linear.default, (xt, weight))
@@ -165,7 +164,7 @@ def _bn_to_affine(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             scale_node, shift_node = g.get_attr(names[0]), g.get_attr(names[1])
             mul = g.call_function(aten.mul.Tensor, (x, scale_node))
             add = g.call_function(aten.add.Tensor, (mul, shift_node))
-        with _fake_value(x.meta['val']):
+        with _fake_mode(x.meta['val']):
             mul.meta['val'] = x.meta['val'] * torch.empty(scale.shape)
             add.meta['val'] = mul.meta['val'] + torch.empty(scale.shape)
         for out in outputs:
@@ -184,7 +183,7 @@ def _attr(gm: torch.fx.GraphModule, target: str) -> torch.Tensor:
     return getattr(gm.get_submodule(owner) if owner else gm, name)
 
 
-def _is_weight(gm: torch.fx.GraphModule, node: Any) -> bool:
+def _is_weight(node: Any) -> bool:
     return isinstance(node, torch.fx.Node) and node.op == 'get_attr' and _rank(node) == 2
 
 
