@@ -8,7 +8,10 @@ For each model the deploy form is run as
   is set against);
 * ``bf16 compiled``: ``torch.compile`` (inductor, ``dynamic=False``) under bf16 autocast, the fastest float form
   here, so that int8's gain is not only the compiler's;
-* ``int8``: :func:`mlpvision.quantize.quantize` (PT2E, x86 quantizer, inductor with freezing).
+* ``int8``: :func:`mlpvision.quantize.quantize` (PT2E, x86 quantizer, inductor with freezing), the float ops between
+  the int8 GEMMs in fp32 (``bf16=False``);
+* ``int8+bf16``: the same program with those float ops under bf16 autocast (``bf16=True``, the default where the
+  CPU has native bf16).
 
 Repeats are interleaved over every (model, form) pair, the order reversing on every other repeat (as
 :func:`mlpvision.bench.run_bench` does), and the figures are medians; the environment block (torch and oneDNN
@@ -31,9 +34,9 @@ import torch
 
 import mlpvision
 from mlpvision.bench import BenchSettings, _loadavg, environment
-from mlpvision.quantize import quantize
+from mlpvision.quantize import QuantizedModel, quantize
 
-FORMS = ('fp32', 'bf16', 'bf16 compiled', 'int8')
+FORMS = ('fp32', 'bf16', 'bf16 compiled', 'int8', 'int8+bf16')
 
 
 def bf16() -> contextlib.AbstractContextManager:
@@ -71,8 +74,10 @@ def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dic
     x = torch.randn(batch, 3, img_size, img_size)
     info = {}
     t = time.perf_counter()
-    q = quantize(model, torch.randn(calib_images, 3, img_size, img_size), model_kwargs=dict(img_size=img_size))
+    q = quantize(model, torch.randn(calib_images, 3, img_size, img_size), model_kwargs=dict(img_size=img_size),
+                 bf16=False)
     info['quantize_s'] = time.perf_counter() - t
+    mixed = QuantizedModel(q.program, q.recipe, {}, bf16=True)
     compiled = torch.compile(deploy, dynamic=False)
 
     def run_fp32() -> None:
@@ -89,15 +94,19 @@ def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dic
     def run_int8() -> None:
         q(x)
 
+    def run_int8_bf16() -> None:
+        mixed(x)
+
     with torch.inference_mode():
         ref = deploy(x)
         t = time.perf_counter()
         out = q(x)
         info['int8_compile_s'] = time.perf_counter() - t
         info['int8_vs_fp32'] = float((out - ref).abs().max() / ref.abs().max())
+        info['int8_bf16_vs_fp32'] = float((mixed(x) - ref).abs().max() / ref.abs().max())
         with bf16():
             info['bf16_vs_fp32'] = float((deploy(x).float() - ref).abs().max() / ref.abs().max())
-    return dict(zip(FORMS, (run_fp32, run_bf16, run_bf16_compiled, run_int8), strict=True)), info
+    return dict(zip(FORMS, (run_fp32, run_bf16, run_bf16_compiled, run_int8, run_int8_bf16), strict=True)), info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,17 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in env.items():
         if k != 'memory_method':
             print(f'- {k}: {v}')
-    print('\n| model | ' + ' | '.join(f'{f} img/s' for f in FORMS) + ' | int8 / bf16 | int8 / bf16 compiled | '
-          'int8 / fp32 | spread % (int8) | max diff / max logit: int8, bf16 | quantize s |')
-    print('|---|' + '---:|' * (len(FORMS) + 6))
+    print('\n| model | ' + ' | '.join(f'{f} img/s' for f in FORMS) + ' | int8 / bf16 | int8+bf16 / bf16 | '
+          'int8+bf16 / bf16 compiled | int8+bf16 / fp32 | spread % (int8, int8+bf16) | max diff / max logit: int8, '
+          'int8+bf16, bf16 | quantize s |')
+    print('|---|' + '---:|' * (len(FORMS) + 7))
     for name, info in infos.items():
         med = {f: statistics.median(samples[(name, f)]) for f in FORMS}
-        s = samples[(name, 'int8')]
-        spread = 100 * (max(s) - min(s)) / statistics.median(s)
+
+        def spread(form: str, name: str = name) -> str:
+            s = samples[(name, form)]
+            return f'{100 * (max(s) - min(s)) / statistics.median(s):.0f}'
+
         cells = [f'{med[f]:.1f}' for f in FORMS] + [
-            f'{med["int8"] / med["bf16"]:.2f}x', f'{med["int8"] / med["bf16 compiled"]:.2f}x',
-            f'{med["int8"] / med["fp32"]:.2f}x', f'{spread:.0f}',
-            f'{info["int8_vs_fp32"]:.3f}, {info["bf16_vs_fp32"]:.3f}', f'{info["quantize_s"]:.0f}']
+            f'{med["int8"] / med["bf16"]:.2f}x', f'{med["int8+bf16"] / med["bf16"]:.2f}x',
+            f'{med["int8+bf16"] / med["bf16 compiled"]:.2f}x', f'{med["int8+bf16"] / med["fp32"]:.2f}x',
+            f'{spread("int8")}, {spread("int8+bf16")}',
+            f'{info["int8_vs_fp32"]:.3f}, {info["int8_bf16_vs_fp32"]:.3f}, {info["bf16_vs_fp32"]:.3f}',
+            f'{info["quantize_s"]:.0f}']
         print(f'| {name} | ' + ' | '.join(cells) + ' |')
     return 0
 

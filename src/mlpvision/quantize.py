@@ -234,16 +234,23 @@ class QuantizedModel(nn.Module):
     arithmetic, slow); ``compile=True`` (default) runs it through ``torch.compile`` with ``freezing``, which lowers
     it to oneDNN's int8 kernels. One compiled graph per input shape (``dynamic=False``), as ``mlpvision bench``
     does. The input is a float (B, C, H, W) batch preprocessed as for the float model; the output float logits.
+
+    ``bf16`` (compiled only): run what stays in floating point (the ops the quantizer leaves alone, such as
+    RepMLPNet's grouped FCs, and the element-wise work between the int8 GEMMs) under bf16 autocast, the x86
+    quantizer's "int8-mixed-bf16" mode. None (default): where the CPU has native bf16 (AVX512-BF16 / AMX). On the
+    host of docs/benchmarks.md it took RepMLPNet-T224 from 1.3x to 2.0x our bf16 throughput and left ResMLP-S12
+    (all of whose GEMMs are int8) where it was.
     """
 
     def __init__(self, program: torch.fx.GraphModule, recipe: _Recipe, observer_state: dict[str, torch.Tensor],
-                 compile: bool = True) -> None:
+                 compile: bool = True, bf16: bool | None = None) -> None:
         super().__init__()
         self.training = False
         self.program = program
         self.recipe = recipe
         self._observer_state = observer_state
         self._compile = compile
+        self.bf16 = _native_bf16() if bf16 is None else bool(bf16)
         self._compiled = None
 
     def train(self, mode: bool = True) -> QuantizedModel:
@@ -268,8 +275,8 @@ class QuantizedModel(nn.Module):
         # freezing: weights become constants, so inductor pre-packs them and folds the int8 patterns; set for
         # every call, since a new input shape compiles again (``options={'freezing': True}`` did not reach the
         # quantization passes in torch 2.14: onednn.qconv_prepack then failed under fake tensors)
-        with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self._compiled(x)
+        with torch.no_grad(), inductor_config.patch(freezing=True), torch.autocast('cpu', torch.bfloat16, self.bf16):
+            return self._compiled(x).float()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact (module docstring) atomically; returns its path."""
@@ -278,6 +285,11 @@ class QuantizedModel(nn.Module):
         tensors = {k: v.detach().contiguous().clone() for k, v in self._observer_state.items()}
         meta = {_META_KEY: self.recipe.to_json()}
         return atomic_save(tensors, path, writer=lambda obj, p: save_file(obj, p, metadata=meta))
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
@@ -304,6 +316,7 @@ def quantize(
         calibration: torch.Tensor | Iterable,
         input_size: Sequence[int] | None = None,
         compile: bool = True,
+        bf16: bool | None = None,
         classes: Sequence[str] | None = None,
         data_config: dict | None = None,
         model_name: str | None = None,
@@ -315,7 +328,7 @@ def quantize(
         calibration: preprocessed images, a (N, C, H, W) tensor or an iterable of batches (or of ``(images, labels)``
             pairs, as a data loader yields); a few hundred real images are enough (docs/benchmarks.md).
         input_size: (C, H, W); default: the model's (its ``img_size`` and ``in_chans``, else its cfg's).
-        compile: see :class:`QuantizedModel`.
+        compile, bf16: see :class:`QuantizedModel`.
         classes, data_config: stored in the artifact for ``mlpvision predict``-style use.
         model_name, model_kwargs: how to rebuild the model when loading the artifact; default: the model's
             registered name (``pretrained_cfg['architecture']``) and no extra arguments, which fits only a model
@@ -350,7 +363,7 @@ def quantize(
                      classes=list(classes) if classes is not None else None, data_config=data_config,
                      calibration={'images': n}, versions=_versions())
     state = _observer_state(prepared)
-    return _converted(prepared, recipe, state, compile)
+    return _converted(prepared, recipe, state, compile, bf16)
 
 
 def _rebuilt(name: str, kwargs: dict, state_dict: dict[str, torch.Tensor]) -> nn.Module:
@@ -371,14 +384,15 @@ def _rebuilt(name: str, kwargs: dict, state_dict: dict[str, torch.Tensor]) -> nn
 
 
 def _converted(prepared: torch.fx.GraphModule, recipe: _Recipe, state: dict[str, torch.Tensor],
-               compile: bool) -> QuantizedModel:
+               compile: bool, bf16: bool | None = None) -> QuantizedModel:
     _, convert_pt2e, _ = _torchao()
     program = convert_pt2e(_bn_to_affine(prepared))
-    return QuantizedModel(program, recipe, state, compile=compile)
+    return QuantizedModel(program, recipe, state, compile=compile, bf16=bf16)
 
 
-def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedModel:
-    """Load an artifact written by :meth:`QuantizedModel.save` (no code runs from the file: safetensors + JSON).
+def load_quantized(path: str | os.PathLike, compile: bool = True, bf16: bool | None = None) -> QuantizedModel:
+    """Load an artifact written by :meth:`QuantizedModel.save` (no code runs from the file: safetensors + JSON);
+    ``compile`` and ``bf16`` as for :class:`QuantizedModel`.
 
     Raises:
         CheckpointError: not such an artifact, from another format version, or state that does not fit the program
@@ -427,7 +441,7 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> QuantizedMo
         # x86 config gives the weights 2^-12), which changed the weight scales of small layers: copy every buffer
         for name, buf in prepared.named_buffers():
             buf.resize_(state[name].shape).copy_(state[name])
-    return _converted(prepared, recipe, state, compile)
+    return _converted(prepared, recipe, state, compile, bf16)
 
 
 def calibration_batches(
