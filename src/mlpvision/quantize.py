@@ -238,8 +238,8 @@ class QuantizedModel(nn.Module):
     ``bf16`` (compiled only): run what stays in floating point (the ops the quantizer leaves alone, such as
     RepMLPNet's grouped FCs, and the element-wise work between the int8 GEMMs) under bf16 autocast, the x86
     quantizer's "int8-mixed-bf16" mode. None (default): where the CPU has native bf16 (AVX512-BF16 / AMX). On the
-    host of docs/benchmarks.md it took RepMLPNet-T224 from 1.3x to 2.0x our bf16 throughput and left ResMLP-S12
-    (all of whose GEMMs are int8) where it was.
+    host of docs/benchmarks.md it took RepMLPNet-T224 from 1.2-1.4x to 1.8-2.0x our bf16 throughput and ResMLP-S12
+    (all of whose GEMMs are int8) from 1.9x to 2.0-2.1x.
     """
 
     def __init__(self, program: torch.fx.GraphModule, recipe: _Recipe, observer_state: dict[str, torch.Tensor],
