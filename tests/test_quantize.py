@@ -109,6 +109,9 @@ def test_clear_errors(tmp_path):
         quantize(model, [], model_kwargs=kwargs)
     with pytest.raises(UsageError, match=r'calibration batches must be \(B, 3, 32, 32\)'):
         quantize(model, torch.randn(4, 3, 64, 64), model_kwargs=kwargs)
+    q = quantize(model, _images(8), model_kwargs=kwargs, compile=False)
+    with pytest.raises(UsageError, match=r'takes \(B, 3, 32, 32\) inputs; got \(1, 3, 64, 64\)'):
+        q(torch.randn(1, 3, 64, 64))
     with pytest.raises(UsageError, match='supports the .* families; got a strip_mlp model'):
         quantize(on_meta('strip_mlp_tiny'), _images(4))
     with pytest.raises(UsageError, match='no calibration images'):

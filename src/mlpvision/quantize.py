@@ -18,7 +18,7 @@ The route is PyTorch 2 export quantization (PT2E) with the x86 quantizer, then i
    weights pre-packed and the activation fused.
 
 Without step 4 the converted graph runs as a simulation (dequantize, float op, quantize), correct but slower than
-float: :class:`QuantizedModel` compiles it on its first CPU call unless asked not to.
+float: :class:`QuantizedModel` compiles it on its first call unless asked not to.
 
 Figures and what it took are in ``docs/benchmarks.md``, "int8 post-training quantization": without the graph
 tidying the quantizer annotated 2 of ResMLP-S12's 25 linear layers. Eager ``torch.ao.quantization.quantize_dynamic``
@@ -230,7 +230,7 @@ class _Recipe:
 class QuantizedModel(nn.Module):
     """An int8 model: the converted PT2E program of a deploy-form model, compiled with inductor on first use.
 
-    ``compile=False`` keeps the program as it is (quantize / dequantize around float ops: the reference
+    CPU only. ``compile=False`` keeps the program as it is (quantize / dequantize around float ops: the reference
     arithmetic, slow); ``compile=True`` (default) runs it through ``torch.compile`` with ``freezing``, which lowers
     it to oneDNN's int8 kernels. One compiled graph per input shape (``dynamic=False``), as ``mlpvision bench``
     does. The input is a float (B, C, H, W) batch preprocessed as for the float model; the output float logits.
@@ -266,7 +266,10 @@ class QuantizedModel(nn.Module):
         if tuple(x.shape[1:]) != self.input_size:
             raise UsageError(f'the quantized model takes (B, {", ".join(map(str, self.input_size))}) inputs; got '
                              f'{tuple(x.shape)}')
-        if not self._compile or x.device.type != 'cpu':
+        if x.device.type != 'cpu':
+            raise UsageError(f'the int8 model runs on the CPU (oneDNN int8 kernels); got an input on {x.device}: '
+                             f'move it with .cpu()')
+        if not self._compile:
             return self.program(x)
         if self._compiled is None:
             self._compiled = torch.compile(self.program, dynamic=False)
