@@ -33,6 +33,7 @@ SUBCOMMANDS = {
     'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '
                            'timm loads'),
     'export': ('export', 'export a model to ONNX or torch.export (.pt2), verified against eager before it is written'),
+    'quantize': ('quantize', 'quantize a model to int8 for CPU inference (post-training, calibrated on real images)'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '
