@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import assert_one_error_line, cli
 from PIL import Image
 
 from mlpvision.data.segmentation import CAMVID_CLASSES, SegEvalTransform, SegmentationFolder, SegTrainTransform
 from mlpvision.dense import upernet
 from mlpvision.engine import segmentation as seg
 from mlpvision.engine.segmentation import SegConfig, confusion_matrix, fit_seg, poly_lr, seg_metrics
+
+from conftest import assert_one_error_line, cli
 
 TINY = dict(channels=16, aux_channels=8)  # UperNet widths for the CPU tests
 
@@ -60,6 +61,21 @@ def test_upernet_params_match_the_official_ade20k_configs(name, official):
     head = total - sum(p.numel() for p in model.backbone.parameters())
     assert head == _head_params(model.backbone.out_channels, 150)
     assert abs(total - official) / official < 0.01, total
+
+
+@pytest.mark.parametrize('name,official', [
+    ('as_mlp_tiny', 937), pytest.param('as_mlp_small', 1024, marks=pytest.mark.slow),
+    pytest.param('as_mlp_base', 1166, marks=pytest.mark.slow)])
+def test_upernet_macs_match_the_official_counter(name, official):
+    # README GMACs at 512x2048 from mmseg's tools/get_flops.py, which runs forward_dummy: backbone + decode head, no
+    # auxiliary head; mmcv's counter also counts norms, activations and resizes, which ours leaves out (< 0.2%)
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device('meta'):
+        model = upernet(name, 150, aux_head=False).eval()
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, 512, 2048))
+    gmacs = counter.get_total_flops() / 2e9
+    assert official * 0.998 < gmacs < official, gmacs
 
 
 def test_upernet_output_dict_at_a_non_square_size():
