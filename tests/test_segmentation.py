@@ -1,4 +1,5 @@
 """UperNet, segmentation data, metrics, training (resume exactness), train-seg / predict-seg on generated folders."""
+import csv
 import math
 import signal
 
@@ -236,8 +237,22 @@ def test_train_seg_then_predict_seg_write_their_files(tmp_path, capsys):
     overlay = Image.open(tmp_path / 'pred' / '000_overlay.png')
     mask = np.asarray(Image.open(tmp_path / 'pred' / '000_mask.png'))
     assert overlay.size == (48, 32) and overlay.mode == 'RGB' and mask.shape == (32, 48) and mask.max() < 3
+    rc, out, err = cli(capsys, 'validate-seg', tmp_path / 'run' / 'best.pth', '--eval-mode', 'slide', '--slide-crop',
+                       16, 16, '--slide-stride', 12, 12, '-o', tmp_path / 'val', '--threads', '1')
+    assert rc == 0, err
+    best = [r for r in csv.DictReader(open(tmp_path / 'run' / 'metrics.csv')) if r['val_miou']][-1]['val_miou']
+    assert f'mIoU {float(best):.2f}%' in out  # the same split, mode and weights as the run's last evaluation
+    assert (tmp_path / 'val' / 'confusion.csv').is_file()
     rc, _, err = cli(capsys, *_train_args(root, tmp_path / 'run'))
     assert_one_error_line(rc, err, 'train-seg', 'already holds a run', '--resume auto')
+
+
+def test_bf16_autocast_trains(tmp_path):
+    root = make_folder(tmp_path / 'data')
+    result = fit_seg(SegConfig(backbone='resnet10t', dataset='folder', data_dir=str(root), num_classes=3, base_size=32,
+                               crop=[32, 32], batch_size=4, epochs=1, amp='bf16', threads=1, output=str(tmp_path / 'r'),
+                               **TINY))
+    assert 0 <= result.final.miou <= 100 and result.final.confusion.sum() == 2 * (32 * 48 - 4)
 
 
 def test_predict_seg_refuses_a_classification_checkpoint(tmp_path, capsys):

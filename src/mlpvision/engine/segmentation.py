@@ -48,7 +48,7 @@ from .train import TrainingInterrupted, _amp_dtype, _StopRequest, available_core
 
 __all__ = ['SegConfig', 'SegMetrics', 'confusion_matrix', 'seg_metrics', 'build_seg_model', 'poly_lr',
            'slide_inference', 'predict_logits', 'evaluate_seg', 'fit_seg', 'SegResult', 'model_from_checkpoint',
-           'resolve_seg_config', 'plot_seg_curves']
+           'resolve_seg_config', 'plot_seg_curves', 'write_per_class']
 
 _logger = logging.getLogger('mlpvision.segmentation')
 
@@ -496,7 +496,7 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
                                      cfg.slide_stride, amp_dtype, info, classes)
                 row.update(val_miou=final.miou, val_pixel_acc=final.pixel_acc)
                 if info.primary:
-                    _write_per_class(out, final)
+                    write_per_class(out, final)
                     if final.miou > best:
                         best, best_epoch = final.miou, epoch + 1
                         save_checkpoint(dict(model=model.state_dict(), epoch=epoch + 1, miou=best, mlpvision=meta),
@@ -533,7 +533,8 @@ def _append_csv(path: Path, row: dict) -> None:
                                               for k, v in row.items()})
 
 
-def _write_per_class(out: Path, m: SegMetrics) -> None:
+def write_per_class(out: Path, m: SegMetrics) -> None:
+    """``per_class.csv`` (IoU and accuracy per class, then mIoU and pixel accuracy) and ``confusion.csv``."""
     with open(out / 'per_class.csv', 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(['class', 'iou', 'acc'])
