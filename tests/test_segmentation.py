@@ -93,6 +93,19 @@ def test_timm_cnn_backbone_runs_any_size():
     assert model(torch.randn(1, 3, 50, 70))['out'].shape == (1, 3, 50, 70)
 
 
+def test_mlpvision_names_go_through_dense_backbone_unless_timm_is_asked_for():
+    from mlpvision.dense import DenseBackbone
+    from mlpvision.dense.timm_backbone import TimmPyramid
+    with torch.device('meta'):
+        dense = upernet('as_mlp_tiny', 11, **TINY)
+        plain = upernet('as_mlp_tiny', 11, pyramid='timm', **TINY)
+    assert isinstance(dense.backbone, DenseBackbone) and isinstance(plain.backbone, TimmPyramid)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(dense) - count(plain) == 2 * sum(dense.backbone.out_channels)  # AS-MLP's per-output GroupNorms
+    with pytest.raises(ValueError, match="pyramid='x'"):
+        upernet('resnet10t', 3, pyramid='x')
+
+
 def test_upernet_rejects_backbone_options_with_a_module():
     with pytest.raises(TypeError, match='backbone options'):
         upernet(Pyramid(), 3, embed_dim=8)

@@ -19,6 +19,8 @@ HELP = 'train UperNet segmentation on image/mask folders or CamVid (mIoU, per-cl
 _HELP = {
     'backbone': 'backbone: an mlpvision model (as_mlp_tiny, hire_mlp_tiny, ...) or a timm CNN (resnet18, ...)',
     'model_kwargs': MODEL_KWARGS_HELP + ', for the backbone',
+    'pyramid': "'auto' (mlpvision.dense.backbone for mlpvision models, timm features_only for timm CNNs) or 'timm' "
+               "(features_only for every backbone)",
     'channels': 'UPerHead channels',
     'aux_channels': 'FCN auxiliary head channels',
     'aux_weight': 'auxiliary loss weight; 0 drops the auxiliary head',

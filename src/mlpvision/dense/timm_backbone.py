@@ -1,7 +1,8 @@
 """Any timm model with ``features_only`` as a dense backbone: the stride 4 / 8 / 16 / 32 maps as a list, with
 ``out_channels`` and ``strides`` (the contract of :func:`mlpvision.dense.backbone`).
 
-This is how the CNN baselines (``resnet18``, ``convnext_atto``, ...) go under :func:`mlpvision.dense.upernet`. The
+This is how the CNN baselines (``resnet18``, ``convnext_atto``, ...) go under :func:`mlpvision.dense.upernet`
+(mlpvision's own models go through :func:`mlpvision.dense.backbone` unless ``pyramid='timm'`` is asked for). The
 input is zero-padded at the bottom and right to a multiple of 32 and each map cropped back to ``ceil(side / stride)``,
 so any H x W runs (a CNN's features at the padded border see the zeros, as a detector's padded batch does).
 """
@@ -13,6 +14,8 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..errors import UsageError
 
 __all__ = ['TimmPyramid', 'build_backbone']
 
@@ -44,7 +47,18 @@ class TimmPyramid(nn.Module):
                                                                                    strict=True)]
 
 
-def build_backbone(name: str, **model_kwargs) -> nn.Module:
-    """The pyramid backbone for ``name``: any timm model (mlpvision's included, registered in timm) through
-    :class:`TimmPyramid`."""
+def build_backbone(name: str, pyramid: str = 'auto', **model_kwargs) -> nn.Module:
+    """The pyramid backbone for ``name``.
+
+    ``pyramid='auto'``: an mlpvision model through :func:`mlpvision.dense.backbone` (the official dense backbone:
+    AS-MLP with its per-output GroupNorms), any other timm model through :class:`TimmPyramid`. ``'timm'``:
+    :class:`TimmPyramid` for every model (an mlpvision model's plain ``features_only`` stage outputs).
+    """
+    from ..models import is_model
+    if pyramid not in ('auto', 'timm'):
+        raise UsageError(f"pyramid={pyramid!r}: use 'auto' (mlpvision.dense.backbone for mlpvision models) or 'timm' "
+                         f"(timm features_only for every model)")
+    if pyramid == 'auto' and is_model(name):
+        from .backbone import backbone
+        return backbone(name, **model_kwargs)
     return TimmPyramid(name, **model_kwargs)

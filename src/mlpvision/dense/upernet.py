@@ -137,10 +137,10 @@ def upernet(backbone: str | nn.Module, num_classes: int, aux_head: bool = True, 
     FCN auxiliary head with 256 channels on stage 3).
 
     Args:
-        backbone: a model name (built by :func:`mlpvision.dense.backbone` with ``backbone_kwargs``; a name that is
-            not an mlpvision model is built by timm with ``features_only``, see
-            :class:`mlpvision.dense.timm_backbone.TimmPyramid`), or a module returning a list of NCHW maps with an
-            ``out_channels`` attribute.
+        backbone: a model name (an mlpvision model is built by :func:`mlpvision.dense.backbone` with
+            ``backbone_kwargs``, any other timm model with ``features_only``, see
+            :func:`mlpvision.dense.timm_backbone.build_backbone` and its ``pyramid`` option), or a module returning a
+            list of NCHW maps with an ``out_channels`` attribute.
         num_classes: classes of the classifiers (150 for ADE20K, 11 for CamVid).
     """
     if isinstance(backbone, str):

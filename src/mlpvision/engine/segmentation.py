@@ -58,6 +58,7 @@ class SegConfig:
     """Every option of ``mlpvision train-seg`` (defaults: the AS-MLP ADE20K config where it has one)."""
     backbone: str = 'as_mlp_tiny'
     model_kwargs: dict = field(default_factory=dict)
+    pyramid: str = 'auto'  # auto: mlpvision.dense.backbone for mlpvision models; timm: features_only for all
     channels: int = 512  # UPerHead channels (config)
     aux_channels: int = 256  # FCNHead channels (config)
     aux_weight: float = 0.4  # auxiliary loss weight (config); 0: no auxiliary head
@@ -147,11 +148,11 @@ def seg_metrics(confusion: torch.Tensor, classes: Sequence[str] | None = None) -
 # --- model --------------------------------------------------------------------------------------------------------
 
 def build_seg_model(backbone: str, num_classes: int, channels: int = 512, aux_channels: int = 256,
-                    aux_head: bool = True, model_kwargs: dict | None = None) -> nn.Module:
+                    aux_head: bool = True, model_kwargs: dict | None = None, pyramid: str = 'auto') -> nn.Module:
     from ..dense.upernet import upernet
     try:
         return upernet(backbone, num_classes, aux_head=aux_head, channels=channels, aux_channels=aux_channels,
-                       **(model_kwargs or {}))
+                       pyramid=pyramid, **(model_kwargs or {}))
     except RuntimeError as e:
         if 'Unknown model' in str(e):
             raise UsageError(f'unknown backbone {backbone!r}: not an mlpvision or timm model (mlpvision models, or '
@@ -160,7 +161,7 @@ def build_seg_model(backbone: str, num_classes: int, channels: int = 512, aux_ch
 
 
 def _model_meta(cfg: SegConfig, classes: list[str], palette: list) -> dict:
-    return dict(task='segmentation', backbone=cfg.backbone, model_kwargs=dict(cfg.model_kwargs),
+    return dict(task='segmentation', backbone=cfg.backbone, model_kwargs=dict(cfg.model_kwargs), pyramid=cfg.pyramid,
                 num_classes=len(classes), channels=cfg.channels, aux_channels=cfg.aux_channels,
                 aux_head=cfg.aux_weight > 0, classes=classes, palette=[list(p) for p in palette],
                 base_size=cfg.base_size, ignore_index=cfg.ignore_index, config=dataclasses.asdict(cfg))
@@ -175,7 +176,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise CheckpointError(f'{str(path)!r} is not a train-seg checkpoint (no segmentation metadata); pass the '
                               f'best.pth or last.pth of a train-seg run')
     model = build_seg_model(meta['backbone'], meta['num_classes'], meta['channels'], meta['aux_channels'],
-                            meta['aux_head'], meta['model_kwargs'])
+                            meta['aux_head'], meta['model_kwargs'], meta['pyramid'])
     load_weights(model, ckpt['model'], f'checkpoint {str(path)!r}')
     return model.eval(), meta
 
@@ -386,7 +387,8 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
         raise UsageError(f'{len(train_data.dataset)} training images is fewer than one batch of '
                          f'{cfg.batch_size * info.world_size}; lower --batch-size')
     torch.manual_seed(cfg.seed + info.rank)
-    model = build_seg_model(cfg.backbone, nc, cfg.channels, cfg.aux_channels, cfg.aux_weight > 0, cfg.model_kwargs)
+    model = build_seg_model(cfg.backbone, nc, cfg.channels, cfg.aux_channels, cfg.aux_weight > 0, cfg.model_kwargs,
+                            cfg.pyramid)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
