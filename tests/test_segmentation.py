@@ -300,3 +300,42 @@ def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch):
     resumed = fit_seg(seg.resolve_seg_config(dict(resume='auto', output=str(tmp_path / 'b')))).model.state_dict()
     for k, v in straight.items():
         torch.testing.assert_close(resumed[k], v, rtol=0, atol=0, msg=k)
+
+
+DDP_SCRIPT = '''
+import os, sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_segmentation import TINY, make_folder
+from pathlib import Path
+from mlpvision.engine.segmentation import SegConfig, fit_seg
+root = Path(sys.argv[1]) / 'data'
+if os.environ['RANK'] == '0':
+    make_folder(root, splits=(('train', 16), ('val', 3)))
+torch.distributed.init_process_group('gloo')
+torch.distributed.barrier()
+r = fit_seg(SegConfig(backbone='resnet10t', dataset='folder', data_dir=str(root), num_classes=3, base_size=32,
+                      crop=[32, 32], batch_size=4, epochs=1, threads=1, output=sys.argv[1] + '/run', **TINY))
+torch.save({'model': r.model.state_dict(), 'pixels': int(r.final.confusion.sum())},
+           f'{sys.argv[1]}/rank{os.environ["RANK"]}.pt')
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_keep_replicas_identical(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / 'ddp_seg.py'
+    script.write_text(DDP_SCRIPT)
+    here = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=str(here.parent / 'src'), OMP_WAIT_POLICY='PASSIVE', OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(script), str(tmp_path), str(here)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0['model'][k], r1['model'][k]) for k in r0['model'])
+    assert r0['pixels'] == r1['pixels'] == 3 * (32 * 48 - 4)  # both shards of the 3 val images summed on each rank
+    ckpt = torch.load(tmp_path / 'run' / 'last.pth', weights_only=True)
+    assert ckpt['global_step'] == 2 and len(ckpt['rng_per_rank']) == 2  # 16 images / 2 processes / batch 4

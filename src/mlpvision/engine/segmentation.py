@@ -386,13 +386,14 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
     if len(train_data.dataset) < cfg.batch_size * info.world_size:
         raise UsageError(f'{len(train_data.dataset)} training images is fewer than one batch of '
                          f'{cfg.batch_size * info.world_size}; lower --batch-size')
-    torch.manual_seed(cfg.seed + info.rank)
+    torch.manual_seed(cfg.seed)  # one initialisation on every process (DDP would broadcast rank 0's anyway)
     model = build_seg_model(cfg.backbone, nc, cfg.channels, cfg.aux_channels, cfg.aux_weight > 0, cfg.model_kwargs,
                             cfg.pyramid)
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
+    torch.manual_seed(cfg.seed + info.rank)  # then each process its own dropout, drop path and augmentations
     train_model: nn.Module = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda'
@@ -493,6 +494,7 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
             row: dict[str, Any] = dict(epoch=epoch + 1, step=global_step, lr=lr, train_loss=loss_sum / max(loss_n, 1),
                                        img_per_s=n_img * info.world_size / max(time.perf_counter() - t_epoch, 1e-9),
                                        epoch_time_s=time.perf_counter() - t_epoch)
+            _sync_buffers(model, info)
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 final = evaluate_seg(model, val_loader, nc, cfg.ignore_index, device, cfg.eval_mode, cfg.slide_crop,
                                      cfg.slide_stride, amp_dtype, info, classes)
@@ -513,6 +515,16 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
             epoch, step_in_epoch, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
             save_last()
     return SegResult(out, best, best_epoch, final, time.perf_counter() - t0, params, model)
+
+
+def _sync_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Rank 0's BatchNorm statistics on every process. DDP broadcasts buffers before each forward, so after the last
+    step of an epoch each process holds the statistics of its own last batch; evaluation and the checkpoint use
+    rank 0's (without SyncBN, as DDP would at the next step)."""
+    if info.distributed:
+        import torch.distributed as dist
+        for b in model.buffers():
+            dist.broadcast(b, 0)
 
 
 def _read_csv(path: Path) -> list[dict]:
