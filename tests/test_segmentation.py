@@ -339,3 +339,19 @@ def test_torchrun_two_processes_keep_replicas_identical(tmp_path):
     assert r0['pixels'] == r1['pixels'] == 3 * (32 * 48 - 4)  # both shards of the 3 val images summed on each rank
     ckpt = torch.load(tmp_path / 'run' / 'last.pth', weights_only=True)
     assert ckpt['global_step'] == 2 and len(ckpt['rng_per_rank']) == 2  # 16 images / 2 processes / batch 4
+
+
+def _smallest_per_family():
+    """The smallest variant of each family with a stride 4-32 pyramid (repmlp_cifar_pure has three stages)."""
+    import mlpvision
+
+    from conftest import smallest_per_family
+    return smallest_per_family(tuple(n for n in mlpvision.list_models() if n != 'repmlp_cifar_pure'))
+
+
+@pytest.mark.parametrize('name', _smallest_per_family())
+def test_upernet_on_every_family_at_a_non_square_size(name):
+    model = upernet(name, 4, **TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 160))
+    assert out['out'].shape == out['aux'].shape == (1, 4, 96, 160)
