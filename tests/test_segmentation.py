@@ -206,6 +206,14 @@ def test_train_transform_keeps_image_and_mask_aligned(tmp_path):
     assert x.shape == (3, 20, 30) and y.shape == (40, 60)
 
 
+def test_photometric_distortion_stays_in_range_and_changes_the_image():
+    from mlpvision.data.segmentation import photometric_distortion
+    img = np.random.default_rng(0).integers(0, 256, (16, 24, 3)).astype(np.float32)
+    outs = [photometric_distortion(img.copy()) for _ in range(8)]
+    assert all(o.shape == img.shape and o.min() >= 0 and o.max() <= 255 for o in outs)
+    assert any(np.abs(o - img).mean() > 5 for o in outs)
+
+
 def _train_args(root, out, *extra):
     return ('train-seg', '--backbone', 'resnet10t', '--dataset', 'folder', '--data-dir', root, '--num-classes', 3,
             '--base-size', 32, '--crop', 32, 32, '--batch-size', 4, '--epochs', 1, '--channels', 8,

@@ -202,12 +202,14 @@ def photometric_distortion(img: np.ndarray) -> np.ndarray:
     contrast_first = _rand() < 0.5
     if contrast_first and _rand() < 0.5:
         img = clip(img * _uniform(0.5, 1.5))
-    if _rand() < 0.5 or _rand() < 0.5:
-        hsv = np.asarray(Image.fromarray(img.astype(np.uint8)).convert('HSV'), dtype=np.float32)
-        if _rand() < 0.5:
-            hsv[..., 1] = clip(hsv[..., 1] * _uniform(0.5, 1.5))
-        if _rand() < 0.5:  # PIL's hue is 0-255 for 0-360 degrees; mmseg's delta 18 is in OpenCV's 0-180 degrees/2
-            hsv[..., 0] = (hsv[..., 0] + _uniform(-18, 18) * 255 / 180) % 256
+    saturation = _uniform(0.5, 1.5) if _rand() < 0.5 else None
+    hue = _uniform(-18, 18) if _rand() < 0.5 else None  # mmseg's delta, in OpenCV's hue units (0-180 = 0-360 deg)
+    if saturation is not None or hue is not None:
+        hsv = np.asarray(Image.fromarray(img.astype(np.uint8)).convert('HSV'), dtype=np.float32)  # H, W, 3 in 0-255
+        if saturation is not None:
+            hsv[..., 1] = clip(hsv[..., 1] * saturation)
+        if hue is not None:  # PIL's hue runs 0-255 for 0-360 degrees
+            hsv[..., 0] = (hsv[..., 0] + hue * 256 / 180) % 256
         img = np.asarray(Image.fromarray(hsv.astype(np.uint8), mode='HSV').convert('RGB'), dtype=np.float32)
     if not contrast_first and _rand() < 0.5:
         img = clip(img * _uniform(0.5, 1.5))

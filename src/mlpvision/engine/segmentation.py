@@ -44,7 +44,7 @@ from ..errors import UsageError
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import autocast_context
-from .train import TrainingInterrupted, _amp_dtype, _StopRequest, available_cores
+from .train import NonFiniteLossError, TrainingInterrupted, _amp_dtype, _StopRequest, available_cores
 
 __all__ = ['SegConfig', 'SegMetrics', 'confusion_matrix', 'seg_metrics', 'build_seg_model', 'poly_lr',
            'slide_inference', 'predict_logits', 'evaluate_seg', 'fit_seg', 'SegResult', 'model_from_checkpoint',
@@ -242,8 +242,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, num_classes: int, mode: st
 
 
 def _collate_eval(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
-    shapes = {tuple(x.shape) for x, _ in batch} | {(0,) + tuple(y.shape) for _, y in batch}
-    if len(shapes) > 2:
+    if len({(tuple(x.shape), tuple(y.shape)) for x, y in batch}) > 1:
         raise UsageError('images of different sizes in one evaluation batch; use --val-batch-size 1')
     return torch.stack([x for x, _ in batch]), torch.stack([y for _, y in batch])
 
@@ -479,7 +478,8 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
                     if 'aux' in outs:
                         loss = loss + cfg.aux_weight * ce(outs['aux'].float(), y)
                 if not torch.isfinite(loss):
-                    raise UsageError(f'the loss is {loss.item()} at step {global_step}; lower --lr or use --amp none')
+                    raise NonFiniteLossError(f'the loss is {loss.item()} at step {global_step + 1}; lower --lr or use '
+                                             f'--amp none (last.pth holds the last finite weights)')
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
