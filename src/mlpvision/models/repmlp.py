@@ -550,10 +550,13 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 register_checkpoint_filter((RepMLPResNet, RepMLPCifarNet), checkpoint_filter_fn)
 
 
-def _create(cls: type[nn.Module], variant: str, pretrained: bool, out_indices: tuple[int, ...], **kwargs):
+def _create(cls: type[nn.Module], variant: str, pretrained: bool, default_out_indices: tuple[int, ...], **kwargs):
+    # the user's out_indices (features_only) replace the default; feature_cls='getter' runs forward_intermediates,
+    # so a wrong input size meets the model's own check instead of failing inside a reshape
+    out_indices = kwargs.pop('out_indices', default_out_indices)
     return build_model(
         cls, variant, pretrained,
-        feature_cfg=dict(out_indices=out_indices, flatten_sequential=True),
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs)
 
 

@@ -358,7 +358,8 @@ register_checkpoint_filter(RepMLPNet, checkpoint_filter_fn)
 def _create_repmlpnet(variant: str, pretrained: bool = False, **kwargs) -> RepMLPNet:
     return build_model(
         RepMLPNet, variant, pretrained,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        # 'getter' runs forward_intermediates: a wrong input size meets the model's check, not a reshape inside a stage
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
         **kwargs)
 
 
