@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f'# {args.family} ({name}), {"training step" if args.train else "inference"}, batch {args.batch}, '
           f'{args.threads} threads, {args.repeats} repeats, 1-min load {min(loads):.2f}-{max(loads):.2f}')
     print(f"# torch {env['torch']}, oneDNN {env.get('onednn', '?')}, MKL {env.get('mkl', '?')}, "
-          f"timm {env['timm']}, {env['cpu']}; host GEMM peaks: {env.get('gemm_peaks', '?')}")
+          f"timm {env['timm']}, {env['cpu']} ({env['cpu_isa']}); host GEMM peaks: {env.get('gemm_peaks', '?')}")
     print('entry,median_img_s,min,max,ratio_of_medians,median_paired_ratio')
     base = rates['official_fp32']
     for label, v in rates.items():

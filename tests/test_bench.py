@@ -162,3 +162,13 @@ def test_environment_reports_gemm_peaks_and_library_versions():
     if torch.backends.mkldnn.is_available():
         assert env['onednn'][0].isdigit()
     assert 'gemm_peaks' not in environment(BenchSettings(threads=1, gemm_peaks=False))
+
+
+def test_environment_names_the_bf16_and_int8_hardware_and_any_isa_cap(monkeypatch):
+    from mlpvision.bench import environment
+    monkeypatch.delenv('ONEDNN_MAX_CPU_ISA', raising=False)
+    isa = environment(BenchSettings(threads=1, gemm_peaks=False))['cpu_isa']
+    assert 'bf16 GEMM:' in isa and 'int8 GEMM:' in isa and 'ONEDNN_MAX_CPU_ISA' not in isa
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE_BF16')
+    assert 'ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16' in environment(BenchSettings(threads=1, gemm_peaks=False))['cpu_isa'] \
+        or 'no /proc/cpuinfo flags' in isa

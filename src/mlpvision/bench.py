@@ -508,6 +508,33 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+_ISA_ENV = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS', 'ATEN_CPU_CAPABILITY')
+
+
+def _cpu_isa() -> str:
+    """The instruction sets CPU timings hinge on: torch's kernel level, and which hardware the bf16 / int8 GEMMs
+    get (AMX tiles, AVX-512 BF16 / VNNI dot products, or neither), plus any environment variable capping them.
+
+    Issue 18: with oneDNN capped below AMX (``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``) on the AMX host of
+    docs/benchmarks.md, the bf16 GEMM peak falls from 448 to 51 G MAC/s (1 thread) while fp32 stays at 77, and
+    AS-MLP-T's bf16 lead over the official fp32 falls from 4.4x to 1.5x: the bf16 figures belong to AMX hosts.
+    """
+    try:
+        flags = set()
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('flags'):
+                flags = set(line.split(':', 1)[1].split())
+                break
+    except OSError:
+        flags = set()
+    bf16 = 'AMX' if 'amx_bf16' in flags else 'AVX512-BF16' if 'avx512_bf16' in flags else 'no native bf16'
+    int8 = 'AMX' if 'amx_int8' in flags else 'AVX512-VNNI' if 'avx512_vnni' in flags else (
+        'AVX-VNNI' if 'avx_vnni' in flags else 'no VNNI')
+    out = f'torch {torch.backends.cpu.get_cpu_capability()}, bf16 GEMM: {bf16}, int8 GEMM: {int8}'
+    capped = [f'{k}={os.environ[k]}' for k in _ISA_ENV if os.environ.get(k)]
+    return out + (f" ({', '.join(capped)})" if capped else '') if flags else out + ' (no /proc/cpuinfo flags)'
+
+
 def _library_versions() -> dict[str, str]:
     """The oneDNN and BLAS builds inside torch (their kernels, not torch's version, decide most CPU timings)."""
     config = torch.__config__.show()
@@ -580,6 +607,7 @@ def environment(settings: BenchSettings) -> dict[str, str]:
         **_library_versions(),
         'python': platform.python_version(), 'platform': platform.platform(),
         'cpu': f'{_cpu_name()}, {os.cpu_count()} logical CPUs',
+        'cpu_isa': _cpu_isa(),
         'threads': str(torch.get_num_threads()),
         'loadavg_before': _loadavg(),
     }
