@@ -26,10 +26,18 @@ SUBCOMMANDS = {
     'models': ('models', 'list the registered models with params, GMACs and paper figures'),
     'demo': ('demo', 'train and evaluate a model on the bundled digits images, then show the model table'),
     'train': ('train', 'train a model on a dataset with a paper recipe (or your options)'),
+    'train-seg': ('train_seg', 'train UperNet segmentation on image/mask folders or CamVid (mIoU, per-class IoU)'),
+    'predict-seg': ('predict_seg', 'segment images with a train-seg checkpoint and write colour overlays (PNG)'),
+    'validate-seg': ('validate_seg', 'evaluate a train-seg checkpoint (mIoU, per-class IoU, pixel accuracy, '
+                                     'confusion matrix)'),
     'validate': ('validate', 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'),
     'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
+    'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '
+                           'timm loads'),
+    'export': ('export', 'export a model to ONNX or torch.export (.pt2), verified against eager before it is written'),
+    'quantize': ('quantize', 'quantize a model to int8 for CPU inference (post-training, calibrated on real images)'),
 }
 DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '

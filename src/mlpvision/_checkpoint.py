@@ -4,8 +4,9 @@ This is the one place mlpvision reads weights (``create_model(checkpoint_path=..
 ``predict``, ``train --resume`` / ``--finetune``); ``engine/checkpoint.py`` adds only the training state around it.
 
 * :func:`read_checkpoint` reads ``.safetensors`` (safetensors) or anything else with ``torch.load(weights_only=True)``
-  (plus ``argparse.Namespace``, which official training scripts pickle next to the weights); :func:`read_state_dict`
-  then unwraps ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'model_ema': ...}`` and strips DDP's ``module.``.
+  (plus ``argparse.Namespace`` and yacs' ``CfgNode``, which official training scripts pickle next to the weights);
+  :func:`read_state_dict` then unwraps ``{'model': ...}`` / ``{'state_dict': ...}`` / ``{'model_ema': ...}`` and
+  strips DDP's ``module.``.
 * Each model family registers its key-mapping filter (official or timm key names to ours) for its model class with
   :func:`register_checkpoint_filter`; a class without one loads the keys as they are.
 * :func:`load_weights` / :func:`load_checkpoint` map a state_dict through that filter and load it strictly. A filter
@@ -21,6 +22,7 @@ This is the one place mlpvision reads weights (``create_model(checkpoint_path=..
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import pickle
@@ -72,7 +74,10 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, torch.Tensor]:
 
 # Training scripts built on DeiT / timm's train.py pickle their argparse options next to the weights ('args'), as in
 # the official Hire-MLP checkpoints; a Namespace holds only plain values, so it is safe to allow under weights_only.
-_SAFE_GLOBALS = [argparse.Namespace]
+# Those built on Swin-Transformer's (AS-MLP, Strip-MLP, RepMLPNet: utils.save_checkpoint) pickle their yacs config
+# ('config'), a dict subclass of plain values: it is read as an OrderedDict, without importing yacs or running its code
+# (torch's weights_only unpickler fills an OrderedDict by key and value, as it would the CfgNode).
+_SAFE_GLOBALS = [argparse.Namespace, (collections.OrderedDict, 'yacs.config.CfgNode')]
 
 
 def _allow_training_metadata() -> contextlib.AbstractContextManager:

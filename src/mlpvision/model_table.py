@@ -1,4 +1,5 @@
-"""The model table: one row per registered model, from its cfg and ModelMeta (the registry is the only source)."""
+"""The model table: one row per registered model, from its cfg and ModelMeta (the registry is the only source); and
+the weights table: one row per pretrained tag, from its :class:`mlpvision.Weights` (:func:`weights_table`)."""
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,9 @@ import torch
 
 from ._profile import profile
 from .errors import UsageError
-from .models._registry import create_model, list_models, model_meta
+from .models._registry import create_model, list_models, list_pretrained, model_meta, pretrained_weights
 
-__all__ = ['ModelRow', 'model_rows', 'format_rows', 'paper_dataset', 'cache_path']
+__all__ = ['ModelRow', 'model_rows', 'format_rows', 'paper_dataset', 'cache_path', 'weights_table']
 
 _logger = logging.getLogger('mlpvision.model_table')
 
@@ -142,3 +143,16 @@ def format_rows(rows: list[ModelRow], fmt: str = 'table') -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
     line = lambda c: '  '.join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip()  # noqa: E731
     return '\n'.join([line(COLUMNS), line(['-' * w for w in widths])] + [line(c) for c in cells]) + '\n'
+
+
+def weights_table(pattern: str = '*') -> str:
+    """A markdown table of every pretrained tag matching ``pattern``: whether ``pretrained=True`` downloads it or it
+    must be fetched by hand (and from where), the top-1 its source gives, the license and the source."""
+    lines = ['| tag | weights | top-1 | top-1 from | license | listed in |', '|---|---|---|---|---|---|']
+    for tag in list_pretrained(pattern):
+        w = pretrained_weights(tag)
+        where = (f'`pretrained=True` ([file]({w.page}))' if w.host == 'direct' else
+                 f'by hand: [{w.host}]({w.page.split(" ", 1)[0]})')
+        top1 = '' if w.top1 is None else f'{w.top1:g}'
+        lines.append(f'| `{tag}` | {where} | {top1} | {w.top1_source} | {w.license} | {w.source} |')
+    return '\n'.join(lines) + '\n'

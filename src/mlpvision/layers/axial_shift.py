@@ -20,6 +20,12 @@ Two implementations give bit-identical results, forward and backward:
   non-finite value to its neighbours (``0 * inf = nan``), and autocast runs it in reduced precision.
 
 On the 2-core CPU this project is developed on, slicing was the faster one (see :data:`DEFAULT_IMPL`).
+
+Export: :class:`AxialShift` works its channel groups out once, from the channel count it is built for, so a captured
+graph holds them as constants. Worked out from the input's shape while ``torch.jit.trace`` records (the legacy ONNX
+exporter), ``ceil(C / s)`` would be recorded as tensor arithmetic, and ONNX's integer ``Div`` truncates: written as
+``-(-C // s)`` it gave ``AxialShift(16, 5, 3)`` groups of 3 channels, 12 channels out of 16 and wrong model outputs.
+The map's size stays symbolic (no branch on it), so exported graphs serve every size.
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ DEFAULT_IMPL = 'slice'
 
 def shift_offsets(channels: int, shift_size: int, dilation: int = 1) -> list[tuple[int, int, int]]:
     """``(first_channel, num_channels, offset)`` of each channel group: ``out[i] = in[i + offset]``."""
-    group = -(-channels // shift_size)  # ceil(C / s), as the official kernel and torch.chunk
+    # ceil(C / s), as the official kernel and torch.chunk; operands kept positive, where floor and truncating
+    # division agree (a traced shape arithmetic exported to ONNX truncates)
+    group = (channels + shift_size - 1) // shift_size
     half = shift_size // 2
     return [(c0, min(group, channels - c0), (half - g) * dilation) for g, c0 in enumerate(range(0, channels, group))]
 
@@ -68,12 +76,20 @@ def _pad_axis(x: torch.Tensor, dim: int, pad: int, pad_mode: str) -> torch.Tenso
 
 
 def axial_shift(x: torch.Tensor, dim: int, shift_size: int, dilation: int = 1, pad_mode: str = 'zero') -> torch.Tensor:
-    """Shift channel groups of an NCHW map along axis ``dim`` (the slicing implementation; see the module docstring)."""
+    """Shift channel groups of an NCHW map along axis ``dim`` (the slicing implementation; see the module docstring).
+
+    The groups come from ``x``'s channel count; :class:`AxialShift` works them out at construction instead.
+    """
     _check_args(shift_size, dim, dilation, pad_mode)
     if shift_size == 1:
         return x
-    offsets = shift_offsets(x.shape[1], shift_size, dilation)
-    reach = (shift_size // 2) * dilation
+    return _shift_slices(x, dim, shift_offsets(int(x.shape[1]), shift_size, dilation), (shift_size // 2) * dilation,
+                         pad_mode)
+
+
+def _shift_slices(x: torch.Tensor, dim: int, offsets: list[tuple[int, int, int]], reach: int,
+                  pad_mode: str) -> torch.Tensor:
+    """The slicing shift with the channel groups ``offsets`` (:func:`shift_offsets`) and the largest |offset|."""
     size = x.shape[dim]
     # split first and pad each group: the backward of split is one cat, whereas narrowing the channels of one padded
     # map would make every group's backward allocate a zero gradient of the whole map. Group g reads the padded
@@ -123,11 +139,13 @@ class AxialShift(nn.Module):
         self.dilation = dilation
         self.pad_mode = pad_mode
         self.impl = impl
+        # the channel groups, from the channel count built for (never from a traced shape; module docstring)
+        self.offsets = shift_offsets(channels, shift_size, dilation)
         if impl == 'conv':
             # tap t of a kernel of size shift_size and this dilation reads in[i + (t - s//2) * d]; group g needs
             # offset (s//2 - g) * d, i.e. tap s - 1 - g
             kernel = torch.zeros(channels, 1, shift_size)
-            for g, (c0, n, _) in enumerate(shift_offsets(channels, shift_size, dilation)):
+            for g, (c0, n, _) in enumerate(self.offsets):
                 kernel[c0:c0 + n, 0, shift_size - 1 - g] = 1.
             shape = (channels, 1, shift_size, 1) if dim == 2 else (channels, 1, 1, shift_size)
             self.register_buffer('kernel', kernel.reshape(shape), persistent=False)  # C, 1, k, 1 or C, 1, 1, k
@@ -135,9 +153,12 @@ class AxialShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shift_size == 1:
             return x
-        if self.impl == 'slice':
-            return axial_shift(x, self.dim, self.shift_size, self.dilation, self.pad_mode)
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f'AxialShift was built for (B, {self.channels}, H, W) input, got shape {tuple(x.shape)}: '
+                             f'build it with channels={x.shape[1] if x.ndim == 4 else "C"}.')
         reach = (self.shift_size // 2) * self.dilation
+        if self.impl == 'slice':
+            return _shift_slices(x, self.dim, self.offsets, reach, self.pad_mode)
         dilation = (self.dilation, 1) if self.dim == 2 else (1, self.dilation)
         kernel = self.kernel.to(x.dtype)
         if self.pad_mode == 'zero':  # the convolution's own zero padding saves a copy

@@ -10,8 +10,10 @@ The model files do not call these functions: they use the layer modules of :mod:
 
 :func:`linear` takes the oneDNN path only where it needs nothing else: a CPU input and weight, no autograd
 (``torch.no_grad`` / ``torch.inference_mode``, or tensors that do not require grad), not while ``torch.compile``
-traces (inductor picks its own kernels) and not under a Python dispatch mode (``FlopCounterMode`` counts only aten
-ops). Two cases are covered:
+traces (inductor picks its own kernels), not while a graph is captured for export (:func:`tracing`: ``torch.fx``,
+``torch.jit.trace`` and the legacy ONNX exporter built on it, ``torch.export`` and the ONNX exporter built on that;
+an exported graph must hold the plain ops, which every runtime knows) and not under a Python dispatch mode
+(``FlopCounterMode`` counts only aten ops). Two cases are covered:
 
 * float32 without autocast: equal to ``act(F.linear(x, weight, bias))`` up to float rounding (another summation
   order);
@@ -48,7 +50,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
-           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active']
+           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active', 'tracing']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
@@ -92,15 +94,21 @@ def dispatch_mode_active() -> bool:
     return not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() > 0
 
 
-def _fx_tracing() -> bool:
-    """Whether ``torch.fx`` is tracing: the dispatch below reads the input's device, dtype and layout, which a traced
-    value does not have, so the traced graph gets the plain ops (the same values)."""
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+def tracing() -> bool:
+    """Whether a graph is being captured for export: ``torch.fx`` symbolic tracing, ``torch.jit.trace`` (which the
+    legacy ONNX exporter, ``torch.onnx.export(dynamo=False)``, runs) or ``torch.export`` (under the default ONNX
+    exporter too). The oneDNN dispatch below reads the input's device, dtype and layout, which a traced value does
+    not have (FX) or which the graph would bake in (its ops are CPU-only, ``torch.jit.trace`` cannot even record their
+    scalar-list arguments, and no ONNX runtime has them), so captured graphs get the plain ops (the same values up to
+    float rounding). Model code also asks this before a shortcut that depends on the input's size (Hire-MLP), so that
+    an exported graph serves every size."""
+    return (torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing()
+            or torch.compiler.is_exporting())
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
     """The dtype the oneDNN path computes in for this call (float32 or bfloat16), or None when it does not apply."""
-    if _fx_tracing():
+    if tracing():
         return None
     if not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
         return None
@@ -252,7 +260,7 @@ def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,
 
 def _conv_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 residual: torch.Tensor | None) -> torch.dtype | None:
-    if _fx_tracing():
+    if tracing():
         return None
     if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         return None
@@ -333,12 +341,13 @@ def derived_weights(owner: nn.Module, params: tuple[torch.Tensor | None, ...],
                     make: Callable[..., tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...]:
     """``make(*params)`` (tensors derived from ``owner``'s parameters: a reordering, a fold), kept between calls
     until one of ``params`` is replaced or changes in place, so that the oneDNN paths keep their packed copies of the
-    result too. Made afresh on every call while autograd must see the derivation or ``torch.compile`` traces.
+    result too. Made afresh on every call while autograd must see the derivation, ``torch.compile`` traces or a graph is
+captured for export (:func:`tracing`: the graph derives them from the parameters instead of baking in a copy).
 
     The copies live outside the module (not state, not copied with it) and go with it; one set per ``owner`` and
     ``make`` (by name).
     """
-    if (torch.compiler.is_compiling() or
+    if (torch.compiler.is_compiling() or tracing() or
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)):
         return make(*params)
     key = tuple(None if t is None else (id(t), t.data_ptr(), t.dtype, t.device, t._version) for t in params)

@@ -1,6 +1,16 @@
 """Model families. Importing this package registers every mlpvision model in timm."""
 from ._base import BackboneBase, IsotropicNet, PyramidNet, check_input
-from ._registry import ModelMeta, create_model, is_model, list_models, model_family, model_meta
+from ._registry import (
+    ModelMeta,
+    Weights,
+    create_model,
+    is_model,
+    list_models,
+    list_pretrained,
+    model_family,
+    model_meta,
+    pretrained_weights,
+)
 from .as_mlp import *  # noqa: F403
 from .hire_mlp import *  # noqa: F403
 from .repmlp import *  # noqa: F403

@@ -3,6 +3,15 @@
 Every mlpvision variant is registered into timm with :func:`register_model`, so ``timm.create_model(name)`` works
 after ``import mlpvision``. This module also remembers which names are ours, so :func:`list_models` lists only
 mlpvision's models and :func:`create_model` can say which of our names come closest to a misspelt one.
+
+Pretrained weights: every released official checkpoint is a tag of its variant (timm's ``name.tag``), described by
+a :class:`Weights` entry in the family's cfgs (source, host, the source's top-1, license). ``pretrained=True``
+(through :func:`create_model` or ``timm.create_model``) goes through :func:`build_model`: a direct download is
+fetched by :func:`mlpvision.hub.download_weights` (cached, size / web page / hash checked, read without executing
+code), a local ``file`` is read the same way, and both are mapped by the family's checkpoint filter and loaded
+strictly through timm's own loader (which still adapts the classifier and input channels, and wraps
+``features_only``). A tag whose release is on Google Drive, OneDrive or Baidu raises one error naming the page and
+the ``checkpoint_path=`` / ``pretrained_cfg_overlay=dict(file=...)`` routes.
 """
 from __future__ import annotations
 
@@ -13,16 +22,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import timm
+import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as _timm_register_model
+from timm.models._builder import resolve_pretrained_cfg
 
-from .._checkpoint import CheckpointError, checkpoint_filter, load_checkpoint, load_weights
+from .._checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    checkpoint_filter,
+    load_checkpoint,
+    load_weights,
+    read_state_dict,
+    unwrap_state_dict,
+)
 from ..errors import UsageError
 
 __all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint',
-           'model_family',
-           'ModelMeta', 'generate_cfgs', 'model_meta']
+           'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights', 'pretrained_weights',
+           'list_pretrained']
 
 _MODEL_NAMES: dict[str, str] = {}  # name -> family (module file name)
 
@@ -33,10 +52,24 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return _timm_register_model(fn)
 
 
-def list_models(pattern: str | Iterable[str] = '*', family: str | None = None) -> list[str]:
-    """Sorted names of mlpvision's registered models matching a glob ``pattern`` (or any of several)."""
+def list_models(pattern: str | Iterable[str] = '*', family: str | None = None, pretrained: bool = False,
+                include_tags: bool | None = None) -> list[str]:
+    """Sorted names of mlpvision's registered models matching a glob ``pattern`` (or any of several).
+
+    As ``timm.list_models``: ``pretrained=True`` keeps the models with weights ``pretrained=True`` can download
+    (every tag that names a ``url``, ``file`` or ``hf_hub_id``; the releases to download by hand are in
+    :func:`list_pretrained`), and ``include_tags`` (default: ``pretrained``) lists ``name.tag`` entries, the pattern
+    then matching those.
+    """
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    names = (n for n, fam in _MODEL_NAMES.items() if family is None or fam == family)
+    names = [n for n, fam in _MODEL_NAMES.items() if family is None or fam == family]
+    if include_tags is None:
+        include_tags = pretrained
+    if include_tags:
+        names = [t for n in names for t in timm.list_models(n, pretrained=pretrained, include_tags=True)]
+        patterns = [q for p in patterns for q in ([p] if '.' in p else [p, p + '.*'])]  # timm's _expand_filter
+    elif pretrained:
+        names = [n for n in names if timm.list_models(n, pretrained=True)]
     return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
@@ -64,7 +97,7 @@ def model_entrypoint(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(
-        name: str,
+        name: str | os.PathLike,
         pretrained: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
         deploy: bool = False,
@@ -83,10 +116,13 @@ def create_model(
     either way.
 
     Args:
-        name: a registered name (``mlpvision.list_models()``), optionally with a ``.tag``.
-        pretrained: load the weights named by the pretrained cfg through timm (downloads; tests point the cfg at
-            local files). With ``deploy=True`` the released train-form weights are folded the same way
-            (:func:`build_model`).
+        name: a registered name (``mlpvision.list_models()``), optionally with a ``.tag``
+            (``mlpvision.list_models(pretrained=True)`` lists the tags that download); or a folder written by
+            ``mlpvision convert`` / :func:`mlpvision.hub.save_pretrained` (also as ``'local-dir:DIR'``), loaded
+            with its saved arguments.
+        pretrained: download (once, into timm's cache) and load the tag's released weights (:func:`build_model`);
+            with ``deploy=True`` they are folded into the deploy form. A release that is not a direct download
+            raises :class:`mlpvision.CheckpointError` naming the page to fetch it from.
         checkpoint_path: a local checkpoint, either in the official repository's format (bare state_dict or under
             'model' / 'state_dict' / 'model_ema') or mlpvision's own (.safetensors or .pth). A checkpoint that
             cannot be read, that the family's filter cannot map, or that does not fit (missing, unexpected or
@@ -95,6 +131,15 @@ def create_model(
         **kwargs: passed to the model constructor (``num_classes``, ``img_size``, ``drop_path_rate``, ...), and
             timm's ``features_only`` / ``out_indices`` / ``feature_cls`` (applied after the checkpoint is loaded).
     """
+    name = os.fspath(name)
+    source, _, rest = name.partition(':')
+    if source == 'local-dir' or (not is_model(name) and os.path.isdir(name)):
+        from ..hub import load_pretrained_dir
+        path = rest if source == 'local-dir' else name
+        if not os.path.isdir(path):
+            raise UsageError(f'{path!r} is not a folder; `mlpvision convert` writes one (model.safetensors + '
+                             f'config.json).')
+        return load_pretrained_dir(path, **(dict(kwargs, deploy=True) if deploy else kwargs))
     if not is_model(name):
         raise _unknown_model_error(name)
     if deploy:
@@ -127,24 +172,138 @@ def build_model(cls: type[nn.Module], variant: str, pretrained: bool = False, fe
     ``timm.create_model(name, pretrained=True, deploy=True)`` too.
     """
     filter_fn = checkpoint_filter(cls)
+    loaded = _pretrained_source(variant, kwargs) if pretrained else None
+    if loaded is not None:  # weights read here (safely, checked); timm's loader gets them through the filter
+        state_dict, source = loaded
+        map_fn = filter_fn
+
+        def mapped(_placeholder: dict, model: nn.Module) -> dict:
+            return map_fn(state_dict, model) if map_fn is not None else dict(state_dict)
+
+        def checked(_placeholder: dict, model: nn.Module) -> dict:
+            sd = mapped(_placeholder, model)
+            pcfg = getattr(model, 'pretrained_cfg', None) or {}
+            released_chans = (pcfg.get('input_size') or (3,))[0]
+            if model.num_classes == pcfg.get('num_classes') and kwargs.get('in_chans', released_chans) == \
+                    released_chans:  # else timm adapts the classifier / first conv, then loads what fits
+                check_state_dict(model, sd, source)  # one clear line instead of load_state_dict's traceback
+            return sd
+
+        filter_fn = mapped if kwargs.get('deploy') else checked  # the deploy path checks both forms itself
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {},
+                                                state_dict={'': torch.zeros(())})
+        model = _build(cls, variant, pretrained, feature_cfg, filter_fn, **kwargs)
+        for m in (model, getattr(model, 'model', None)):  # the cfg keeps no weights (nor does a features wrapper's)
+            if isinstance(getattr(m, 'pretrained_cfg', None), dict):
+                m.pretrained_cfg.pop('state_dict', None)
+        return model
+    return _build(cls, variant, pretrained, feature_cfg, filter_fn, **kwargs)
+
+
+def _build(cls: type[nn.Module], variant: str, pretrained: bool, feature_cfg: dict | None,
+           filter_fn: Callable | None, **kwargs) -> nn.Module:
     if pretrained and kwargs.get('deploy'):
         twin_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_ARGS + ('pretrained_cfg_overlay',)}
 
-        def train_form() -> nn.Module:
-            return build_model_with_cfg(cls, variant, False, feature_cfg=feature_cfg, **dict(twin_kwargs,
-                                                                                             deploy=False))
+        def twin(deploy: bool, **overrides) -> nn.Module:
+            return build_model_with_cfg(cls, variant, False, feature_cfg=feature_cfg,
+                                        **dict(twin_kwargs, deploy=deploy, **overrides))
 
         def fold_filter(state_dict: dict, model: nn.Module) -> dict:
-            try:
-                load_weights(model, state_dict, 'Pretrained weights', filter_fn, train_form)
-            except CheckpointError:  # e.g. a classifier timm is about to drop: timm's own checks take over
-                return filter_fn(state_dict, model) if filter_fn is not None else state_dict
+            released = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+            if released is not None and model.num_classes != released:
+                # a new classifier of another size: fold at the released size, then timm drops that classifier
+                target = twin(True, num_classes=released)
+                load_weights(target, state_dict, 'Pretrained weights', filter_fn,
+                             lambda: twin(False, num_classes=released))
+                return target.state_dict()
+            load_weights(model, state_dict, 'Pretrained weights', filter_fn, lambda: twin(False))
             return model.state_dict()
 
         return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=fold_filter,
                                     feature_cfg=feature_cfg, **kwargs)
     return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg,
                                 **kwargs)
+
+
+def _pretrained_source(variant: str, kwargs: dict) -> tuple[dict, str] | None:
+    """The weights ``pretrained=True`` asks for, read here: (state_dict, how errors name it); None where timm
+    loads them itself (a ``state_dict`` given, the Hugging Face Hub, a ``local-dir:`` folder)."""
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    if cfg.state_dict or cfg.source in ('hf-hub', 'local-dir') or cfg.hf_hub_id:
+        return None
+    if cfg.file:
+        return read_state_dict(cfg.file), f'Checkpoint {str(cfg.file)!r}'
+    weights = _WEIGHTS.get(name)
+    if cfg.url:
+        from ..hub import download_weights
+        url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]
+        registered = weights if weights is not None and weights.url == url else None  # not for another URL
+        _, obj = download_weights(url, sha256=registered and registered.sha256, cache=kwargs.get('cache_dir'),
+                                  page=registered and registered.page)
+        sd = unwrap_state_dict(obj)
+        if not sd:
+            raise CheckpointError(f'The download {url} holds no tensors (keys: {list(obj)[:10]}).')
+        return sd, f'Pretrained weights {url}'
+    if weights is not None and weights.host != 'direct':
+        raise CheckpointError(
+            f'{name} is not a direct download: the official weights are on {weights.host} ({weights.page}, listed '
+            f'in {weights.source}). Download the file by hand, then load it with mlpvision.create_model('
+            f'{variant!r}, checkpoint_path=FILE) or timm.create_model({name!r}, pretrained=True, '
+            f'pretrained_cfg_overlay=dict(file=FILE)).')
+    tags = [t for t in timm.list_models(variant, include_tags=True) if t in _WEIGHTS]
+    raise CheckpointError(
+        f'{name} has no released weights' + (f' (the tags with weights: {", ".join(tags)})' if tags else
+                                              ' (no official checkpoint of this variant was released)') +
+        '. Use pretrained=False, or checkpoint_path=FILE for weights of your own.')
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One released official checkpoint, a pretrained tag of its variant (``name.tag``).
+
+    Attributes:
+        source: where the release is listed, as 'owner/repo@commit:file' (a README table or the factory code).
+        host: 'direct' where ``pretrained=True`` downloads it (the cfg's ``url``), else where to fetch it by hand:
+            'Google Drive', 'OneDrive' or 'Baidu'.
+        page: the address to download from (the file itself for direct downloads, else the share page).
+        top1: ImageNet-1k top-1 (%) that ``top1_source`` gives for these weights.
+        top1_source: where ``top1`` is printed, and what it is where it is not plain top-1 (e.g. DINO's k-NN).
+        sha256: the file's SHA-256 (or a prefix), only where the source publishes one.
+        license: the license of the repository that releases the weights (SPDX-style, as timm's cfgs).
+    """
+    source: str
+    host: str
+    page: str
+    top1: float | None
+    top1_source: str
+    license: str
+    sha256: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.page if self.host == 'direct' else ''
+
+
+_WEIGHTS: dict[str, Weights] = {}  # 'name.tag' -> release
+
+
+def pretrained_weights(name: str) -> Weights | None:
+    """The release behind ``name.tag`` (the variant's default tag if no tag is given), or None (no weights)."""
+    if not is_model(name):
+        raise _unknown_model_error(name)
+    if '.' not in name:
+        tag = resolve_pretrained_cfg(name).tag
+        name = f'{name}.{tag}' if tag else name
+    return _WEIGHTS.get(name)
+
+
+def list_pretrained(pattern: str = '*', direct: bool | None = None) -> list[str]:
+    """Every ``name.tag`` with an official release (``direct``: only those ``pretrained=True`` downloads (True)
+    or only those to download by hand (False))."""
+    return sorted(k for k, w in _WEIGHTS.items() if fnmatch.fnmatchcase(k, pattern)
+                  and (direct is None or (w.host == 'direct') == direct))
 
 
 @dataclass(frozen=True)
@@ -185,10 +344,21 @@ def generate_cfgs(cfgs: dict[str, dict]) -> dict:
     for key, cfg in cfgs.items():
         cfg = dict(cfg)
         meta = cfg.pop('meta')
+        weights: Weights | None = cfg.pop('weights', None)
         _MODEL_META[key.split('.', 1)[0]] = meta
         cfg.setdefault('paper_ids', meta.paper)
         cfg.setdefault('origin_url', 'https://github.com/' + meta.official.split('@', 1)[0])
-        cfg.setdefault('notes', (f'official: {meta.official}; params {meta.params}',) if meta.params else ())
+        notes = [f'official: {meta.official}; params {meta.params}'] if meta.params else []
+        if weights is not None:
+            _WEIGHTS[key] = weights
+            if weights.host == 'direct':
+                cfg['url'] = weights.url
+            cfg['license'] = weights.license
+            notes.append(f'weights: {weights.source}; ' + (f'top-1 {weights.top1} ({weights.top1_source})'
+                                                            if weights.top1 is not None else weights.top1_source))
+            if weights.host != 'direct':
+                notes.append(f'manual download ({weights.host}): {weights.page}')
+        cfg.setdefault('notes', tuple(notes))
         out[key] = cfg
     return generate_default_cfgs(out)
 

@@ -61,7 +61,7 @@ from ..layers import Mlp, PointwiseConv, ProjectedMixer
 from ..layers.axial_shift import DEFAULT_IMPL, PAD_MODES, AxialShift
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 torch.fx.wrap('check_input')  # an FX leaf here too (torch.fx.wrap patches this module's global)
 
@@ -355,16 +355,28 @@ def _cfg(meta: ModelMeta, **kwargs) -> dict:
 # params: exact official counts (shared reference official.md §2); gmacs: official code under fvcore (official.json);
 # paper figures: the official README model zoo (params rounded, "FLOPs" = MACs, top-1 on ImageNet-1k at 224)
 _PAPER = 'arXiv:2107.08391 (ICLR 2022), ImageNet-1k results as in the official README'
+# Releases: the README model zoo links each variant to a OneDrive share page (no direct download, no hash).
+_ZOO = 'https://shanghaitecheducn-my.sharepoint.com/:u:/g/personal/liandz_shanghaitech_edu_cn/'
+
+
+def _weights(share: str, top1: float) -> Weights:
+    return Weights(source='svip-lab/AS-MLP@dd1eb4f768f46fdf7c8522fd535ea9e15f664fae:README.md', host='OneDrive',
+                   page=_ZOO + share, top1=top1, top1_source='official README model zoo', license='mit')
+
+
 default_cfgs = generate_cfgs({
-    'as_mlp_tiny.untrained': _cfg(ModelMeta(
+    'as_mlp_tiny.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (configs/as_tiny_patch4_shift5_224.yaml)', params=28_282_696,
-        gmacs=4.383, params_paper='28M', gmacs_paper=4.4, top1_paper=81.3)),
-    'as_mlp_small.untrained': _cfg(ModelMeta(
+        gmacs=4.383, params_paper='28M', gmacs_paper=4.4, top1_paper=81.3),
+        weights=_weights('Eb2lPJI2BshEjJxf9CmRkCUBnB63Wj25-FVVc6zJvgRg6w?e=dEQd5q', 81.3)),
+    'as_mlp_small.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (configs/as_small_patch4_shift5_224.yaml)', params=49_594_696,
-        gmacs=8.563, params_paper='50M', gmacs_paper=8.5, top1_paper=83.1)),
-    'as_mlp_base.untrained': _cfg(ModelMeta(
+        gmacs=8.563, params_paper='50M', gmacs_paper=8.5, top1_paper=83.1),
+        weights=_weights('EVIbw8xHKk1Aq9MBQL-cRbIBVJA_hJE-HEVNf_GVgkw2iQ?e=QIIp2e', 83.1)),
+    'as_mlp_base.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (configs/as_base_patch4_shift5_224.yaml)', params=87_752_808,
-        gmacs=15.194, params_paper='88M', gmacs_paper=15.2, top1_paper=83.3)),
+        gmacs=15.194, params_paper='88M', gmacs_paper=15.2, top1_paper=83.3),
+        weights=_weights('EZVBFW_LKctLqgrnnINy88wBRtGFava9wp_65emsvVW2KQ?e=clNjuw', 83.3)),
 })
 
 

@@ -59,6 +59,13 @@ on the input's shape and memory layout, so a traced graph runs the same code as 
 TorchScript does not apply: the blocks hand their conv modules to the oneDNN dispatch functions of
 :mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
 
+Export (``torch.export``, ``torch.jit.trace``, both ONNX exporters; :mod:`mlpvision.export`): while a graph is
+captured (:func:`mlpvision.layers.fast_linear.tracing`) the region MLPs run ``RegionMlp._forward_traced``, the same
+maths written as gathers, so that no size in the graph depends on the input size's remainder by the region size (the
+eager code pads by it in Python, which a graph would bake in). A torch.export graph then serves every input from the
+size its 0/1 specialisation allows (Hire-MLP-Tiny: 67 px for a ``.pt2`` program, where every stage needs two regions,
+35 px for the dynamo ONNX graph; docs/export.md), a ``torch.jit.trace`` graph every size.
+
 MACs: ``mlpvision.profile`` counts convs and linears (tiny at 224: 2.144 G); the official figure (fvcore, 2.149 G)
 also counts two flops per element of every eval-mode BatchNorm, which accounts for the whole difference.
 """
@@ -83,10 +90,11 @@ from ..layers import (
     pointwise_conv,
     pointwise_conv_mean,
 )
+from ..layers.fast_linear import tracing
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['HireMLP', 'HireMLPBlock', 'HireModule', 'RegionMlp', 'HireMLPNet', 'HireBlock']
 
@@ -115,12 +123,12 @@ def pad_end(x: torch.Tensor, pad: int, dim: int, mode: str) -> torch.Tensor:
     if pad == 0:
         return x
     if mode == 'circular':
-        # wrap as often as needed: F.pad's circular mode refuses pad > size, which small maps reach
-        size = x.shape[dim]
-        parts = [x] * (1 + pad // size)
-        if pad % size:
-            parts.append(x.narrow(dim, 0, pad % size))
-        return torch.cat(parts, dim)  # B, C, H + pad, W (or W + pad)
+        # the first ``pad`` rows (columns) again, wrapping as often as needed: F.pad's circular mode refuses
+        # pad > size, which small maps reach; an index modulo the size serves both cases without a branch
+        tail = x.index_select(dim, torch.arange(pad, device=x.device) % x.shape[dim])
+        if x.is_contiguous(memory_format=torch.channels_last):
+            tail = tail.contiguous(memory_format=torch.channels_last)  # then the concatenation is channels-last too
+        return torch.cat([x, tail], dim)  # B, C, H + pad, W (or W + pad)
     pads = (0, 0, 0, pad) if dim == 2 else (0, pad, 0, 0)  # F.pad order: (left, right, top, bottom)
     if mode == 'zero':
         return F.pad(x, pads)
@@ -196,8 +204,12 @@ class RegionMlp(nn.Module):
 
         The mean is cheap when no region padding is cropped off (the axis a multiple of ``p``): the output is then a
         permutation of fc2's output, whose mean is fc2 applied to the mean of fc1's (8p times smaller) output. On the
-        channels-last path only; the split attention then reads the branch once instead of twice.
+        channels-last path only; the split attention then reads the branch once instead of twice. Not in a graph
+        captured for export (:func:`mlpvision.layers.fast_linear.tracing`), which must not depend on whether the
+        size is a multiple of ``p`` (the caller then takes the plain mean: the same value up to float rounding).
         """
+        if tracing():
+            return self._forward_traced(x), None
         p = self.region_size
         size = x.shape[self.dim]
         if self.step:
@@ -206,7 +218,7 @@ class RegionMlp(nn.Module):
         n = x.shape[self.dim] // p  # regions along the axis
         mean = None
         if x.is_contiguous(memory_format=torch.channels_last):
-            x, mean = self._mix_channels_last(x, n, want_mean and size % p == 0)
+            x, mean = self._mix_channels_last(x, n, want_mean and not tracing() and size % p == 0)
         else:
             x = self._mix_nchw(x, n)
         x = x.narrow(self.dim, 0, size)  # B, C, H, W
@@ -214,6 +226,54 @@ class RegionMlp(nn.Module):
             # official: only the roll is undone; the zero-filled shift is left in place
             x = torch.roll(x, -self.step, self.dim)  # B, C, H, W
         return x, mean
+
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward as a graph captured for export holds it (:func:`mlpvision.layers.fast_linear.tracing`): the
+        same maths on NCHW, written so that the graph serves every input size.
+
+        The eager forward pads the axis by ``-size % p``, reshapes it into regions and crops by narrowing. Captured
+        that way, ``torch.export`` must prove the padded length a multiple of ``p`` and the crop inside it, facts
+        about floor divisions of the input's size it cannot derive, and specialises the graph to the example's size.
+        Here one gather reads the padded axis straight into region order (phase-major: row ``i`` of region ``j`` at
+        ``i * n + j``, so that ``(p * n) -> (p, n)`` is a plain reshape) and another reads the output rows back, so
+        the only symbolic size is the region count ``n``.
+        """
+        p, dim = self.region_size, self.dim
+        size = x.shape[dim]
+        # ceil(size / p) with positive operands: floor and truncating division agree (a traced shape arithmetic
+        # exported to ONNX truncates)
+        n = (size + p - 1) // p
+        if self.step:
+            x = shift(x, self.step, dim, self.step_pad_mode)
+        # padded row j * p + i for region j, row i, at position i * n + j
+        src = (torch.arange(p, device=x.device)[:, None] + torch.arange(n, device=x.device) * p).flatten()  # p*n
+        # the size as a tensor: the ONNX exporter cannot translate an op between a tensor and a symbolic scalar
+        size_t = torch.full((), size, dtype=src.dtype, device=src.device)
+        if self.region_pad_mode == 'circular':
+            x = x.index_select(dim, torch.remainder(src, size_t))  # wraps as often as needed
+        else:
+            x = x.index_select(dim, torch.minimum(src, size_t - 1))  # replicate: the last row
+            if self.region_pad_mode == 'zero':
+                inside = src < size_t
+                x = torch.where(inside[:, None] if dim == 2 else inside, x, 0.)
+        # split the axis, then merge the channels: a reshape that merges an axis of symbolic size (here p * n) into
+        # another makes torch.export ask whether p * n divides p, which it cannot decide from the input's size range
+        b, c, h, w = x.shape
+        if dim == 2:
+            x = x.reshape(b, c, p, n, w).reshape(b, c * p, n, w)  # B, C*p, n, W (channel c * p + i)
+        else:
+            x = x.reshape(b, c, h, p, n).permute(0, 1, 3, 2, 4).reshape(b, c * p, h, n)  # B, C*p, H, n
+        x = self.fc2(self.act(self.norm(self.fc1(x))))  # the norm is an Identity in the deploy form
+        # output row r = j * p + i is row i of region j: read it by two indices (merging (p, n) into one axis
+        # would ask torch.export the same undecidable question as above)
+        rows = torch.arange(size, device=x.device)
+        if dim == 2:
+            x = x.reshape(b, c, p, n, w)[:, :, rows % p, rows // p]  # B, C, H, W
+        else:
+            x = x.reshape(b, c, p, h, n).permute(0, 1, 3, 2, 4)[:, :, :, rows % p, rows // p]  # B, C, H, W
+        if self.step and self.step_pad_mode == 'circular':
+            x = torch.roll(x, -self.step, dim)  # B, C, H, W
+        return x
 
     @torch.no_grad()
     def fold_input_affine(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
@@ -581,26 +641,37 @@ def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireML
         **kwargs)
 
 
-def _cfg(meta: ModelMeta, url: str = '', **kwargs) -> dict:
+def _cfg(meta: ModelMeta, **kwargs) -> dict:
     # official _cfg: crop 0.9, bicubic, ImageNet mean/std; the model accepts any input size
     return dict(
-        url=url, num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
+        url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
         crop_pct=0.9, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv='stem.conv', classifier='head.fc', license='apache-2.0', meta=meta, **kwargs)
+        first_conv='stem.conv', classifier='head.fc', license='mit', meta=meta, **kwargs)
 
 
 _PAPER = 'arXiv:2108.13341 v2 / official README table'
+# Releases: the README table's "Ckpt" links, GitHub release assets (direct downloads; no hash published). The files
+# are the training script's checkpoints ({'model': ..., 'args': argparse.Namespace, ...}), read with weights_only.
+# License: the README's MIT badge (the repository has no LICENSE file).
 _RELEASE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch/releases/download/log/'
+
+
+def _weights(file: str, top1: float) -> Weights:
+    return Weights(source='ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6:README.md',
+                   host='direct', page=_RELEASE + file, top1=top1, top1_source='official README table',
+                   license='mit')
+
+
 default_cfgs = generate_cfgs({
     'hire_mlp_tiny.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_tiny', params=18_041_672, gmacs=2.149,
-        params_paper='18M', gmacs_paper=2.1, top1_paper=79.7), url=_RELEASE + 'hire_mlp_tiny.pth'),
+        params_paper='18M', gmacs_paper=2.1, top1_paper=79.7), weights=_weights('hire_mlp_tiny.pth', 79.7)),
     'hire_mlp_small.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_small', params=33_113_848, gmacs=4.240,
-        params_paper='33M', gmacs_paper=4.2, top1_paper=82.1), url=_RELEASE + 'hire_mlp_small.pth'),
+        params_paper='33M', gmacs_paper=4.2, top1_paper=82.1), weights=_weights('hire_mlp_small.pth', 82.1)),
     'hire_mlp_base.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_base', params=58_226_856, gmacs=8.125,
-        params_paper='58M', gmacs_paper=8.1, top1_paper=83.2), url=_RELEASE + 'hire_mlp_base.pth'),
+        params_paper='58M', gmacs_paper=8.1, top1_paper=83.2), weights=_weights('hire_mlp_base.pth', 83.2)),
     'hire_mlp_large.untrained': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':hire_mlp_large', params=95_723_944, gmacs=13.442,
         params_paper='96M', gmacs_paper=13.4, top1_paper=83.8, notes='no released checkpoint')),

@@ -82,7 +82,7 @@ from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
 from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['RepMLPBlock', 'RepMLPResNet', 'RepMLPCifarNet', 'RepMLPLightBlock', 'RepMLPBottleneckBlock']
 
@@ -575,11 +575,20 @@ def _cfg(size: int, meta: ModelMeta, **kwargs) -> dict:
 
 _PAPER = 'arXiv:2105.01883'
 _RESNET = _OFFICIAL + ':repmlp_resnet.py'
+# Release: the RepMLP-ResNet README (@4b3e347) points to one Google Drive folder (and a Baidu share, key "rmlp") and
+# names RepMLP-Res50-light-224_train.pth as what it holds, with no accuracy; no other variant's file is named. Not a
+# direct download, no hash; the file is a train-form state_dict (test.py loads it as one), deploy=True folds it.
+_RES50_LIGHT = Weights(
+    source=_OFFICIAL + ':README.md', host='Google Drive',
+    page='https://drive.google.com/drive/folders/1eDFunxOQ67MvBBmJ4Bw01TFh2YVNRrg2 (file '
+         'RepMLP-Res50-light-224_train.pth; or Baidu https://pan.baidu.com/s/14tGRpKT_WohX7UBcnWH6Zg, key rmlp)',
+    top1=None, top1_source='the README gives no accuracy for the released file', license='mit')
 default_cfgs = generate_cfgs({
-    'repmlp_res50_light_224.untrained': _cfg(224, ModelMeta(
+    'repmlp_res50_light_224.in1k': _cfg(224, ModelMeta(
         paper=f'{_PAPER} Appendix A', official=_RESNET + ':create_RepMLPRes50_Light_224', params=87_038_248,
         gmacs=3.325, deploy_params=86_142_440,
-        notes='the official factory (fc3 groups 4; the paper\'s Light Block uses 8: repmlp_res50_light_g8_224)')),
+        notes='the official factory (fc3 groups 4; the paper\'s Light Block uses 8: repmlp_res50_light_g8_224)'),
+        weights=_RES50_LIGHT),
     'repmlp_res50_light_g8_224.untrained': _cfg(224, ModelMeta(
         paper=f'{_PAPER} Appendix A, Table 7', official=_RESNET + ' (RepMLPResNet, block light, fc3_groups=8)',
         params=58_351_912, gmacs=3.055, top1_paper=77.14, deploy_params=57_868_264,

@@ -76,7 +76,7 @@ from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, PointwiseConv, bn_scale_shift, conv_to_fc, pad_kernel
 from ._base import PyramidNet, SequentialStage, check_input, model_name, one_d_and_bias_params, to_2tuple_int
 from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['RepMLPNet', 'RepMLPNetBlock', 'RepMLPNetUnit']
 
@@ -372,25 +372,43 @@ def _cfg(size: int, meta: ModelMeta, **kwargs) -> dict:
 
 
 _PAPER = 'arXiv:2112.11081 (official README table)'
+# Releases: the README's "Pre-trained models" table (models reproduced with the repository's training script; its
+# accuracies are those of the released files) links each to Google Drive and Baidu (code rmlp); no direct download,
+# no hash. The files are bare train-form state_dicts (README FAQ); deploy=True folds them.
+_GDRIVE = 'https://drive.google.com/file/d/{}/view?usp=sharing'
+
+
+def _weights(drive_id: str, top1: float) -> Weights:
+    return Weights(source='DingXiaoH/RepMLP@3eff13fa0257af28663880d870f327d665f0a8e2:README.md',
+                   host='Google Drive', page=_GDRIVE.format(drive_id) + ' (or Baidu, listed in the same README)',
+                   top1=top1, top1_source='official README table (the released files)', license='mit')
+
+
 default_cfgs = generate_cfgs({
-    'repmlpnet_t224.untrained': _cfg(224, ModelMeta(
+    'repmlpnet_t224.in1k': _cfg(224, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_T224', params=38_293_608, gmacs=2.829,
-        params_paper='38.3M', gmacs_paper=2.8, top1_paper=76.62, deploy_params=38_331_720)),
-    'repmlpnet_b224.untrained': _cfg(224, ModelMeta(
+        params_paper='38.3M', gmacs_paper=2.8, top1_paper=76.62, deploy_params=38_331_720),
+        weights=_weights('1TgPDD78G-d3h_Y_vNTuqYdSJZHmnju7b', 76.62)),
+    'repmlpnet_b224.in1k': _cfg(224, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_B224', params=68_242_712, gmacs=6.716,
-        params_paper='68.2M', gmacs_paper=6.7, top1_paper=80.32, deploy_params=68_332_664)),
-    'repmlpnet_t256.untrained': _cfg(256, ModelMeta(
+        params_paper='68.2M', gmacs_paper=6.7, top1_paper=80.32, deploy_params=68_332_664),
+        weights=_weights('1GwoUvxGXgzKArlCf0V9kvc9_3GtkGltp', 80.32)),
+    'repmlpnet_t256.in1k': _cfg(256, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_T256', params=58_687_848, gmacs=4.285,
-        params_paper='58.7M', gmacs_paper=4.2, top1_paper=77.44, deploy_params=58_739_400)),
-    'repmlpnet_b256.untrained': _cfg(256, ModelMeta(
+        params_paper='58.7M', gmacs_paper=4.2, top1_paper=77.44, deploy_params=58_739_400),
+        weights=_weights('1mU0L76x20eAKzkHxEM7J2BvEOLWx_mux', 77.44)),
+    'repmlpnet_b256.in1k': _cfg(256, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_B256', params=96_447_512, gmacs=9.693,
-        params_paper='96.5M', gmacs_paper=9.6, top1_paper=81.03, deploy_params=96_568_184)),
-    'repmlpnet_d256.untrained': _cfg(256, ModelMeta(
+        params_paper='96.5M', gmacs_paper=9.6, top1_paper=81.03, deploy_params=96_568_184),
+        weights=_weights('1W-__gXE7903cX-gOSXEGxNBCJjvqFCiJ', 81.03)),
+    'repmlpnet_d256.in1k': _cfg(256, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_D256', params=86_887_648, gmacs=8.691,
-        params_paper='86.9M', gmacs_paper=8.6, top1_paper=80.83, deploy_params=86_985_280)),
-    'repmlpnet_l256.untrained': _cfg(256, ModelMeta(
+        params_paper='86.9M', gmacs_paper=8.6, top1_paper=80.83, deploy_params=86_985_280),
+        weights=_weights('1e5IYac0UHnJq2_lzbuE7J4rahMENX2ha', 80.83)),
+    'repmlpnet_l256.in1k': _cfg(256, ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ':create_RepMLPNet_L256', params=117_641_560, gmacs=11.675,
-        params_paper='117.7M', gmacs_paper=11.5, top1_paper=81.68, deploy_params=117_820_600)),
+        params_paper='117.7M', gmacs_paper=11.5, top1_paper=81.68, deploy_params=117_820_600),
+        weights=_weights('1SHhNJ6pZax9qMLm8DJZtQ_XfmcmddPYU', 81.68)),
 })
 
 

@@ -66,7 +66,7 @@ from timm.layers import DropPath, PatchEmbed, register_notrace_module, trunc_nor
 from .._checkpoint import register_checkpoint_filter
 from ..layers import Mlp
 from ._base import IsotropicNet, to_2tuple_int
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['ResMLP', 'ResMLPBlock', 'Affine']
 
@@ -308,24 +308,61 @@ def _cfg(meta: ModelMeta, **kwargs) -> dict:
 
 
 _PAPER = 'arXiv:2105.03404'
-default_cfgs = generate_cfgs({
-    'resmlp_s12.untrained': _cfg(ModelMeta(
+_META = dict(
+    s12=ModelMeta(
         paper=f'{_PAPER} Table 1', official=_OFFICIAL, params=15_350_872, gmacs=3.010,
-        params_paper='15.4M', gmacs_paper=3.0, top1_paper=76.6)),
-    'resmlp_s24.untrained': _cfg(ModelMeta(
+        params_paper='15.4M', gmacs_paper=3.0, top1_paper=76.6),
+    s24=ModelMeta(
         paper=f'{_PAPER} Table 1', official=_OFFICIAL, params=30_020_680, gmacs=5.961,
-        params_paper='30.0M', gmacs_paper=6.0, top1_paper=79.4)),
-    'resmlp_s36.untrained': _cfg(ModelMeta(
+        params_paper='30.0M', gmacs_paper=6.0, top1_paper=79.4),
+    s36=ModelMeta(
         paper=f'{_PAPER} Table 1 / deit README_resmlp.md', official=_OFFICIAL, params=44_690_488, gmacs=8.913,
-        params_paper='44.7M', gmacs_paper=8.9, top1_paper=79.7)),
+        params_paper='44.7M', gmacs_paper=8.9, top1_paper=79.7),
+    b24_p8=ModelMeta(
+        paper='deit README_resmlp.md (resmlpB_24)', official=_OFFICIAL + ':resmlpB_24', params=129_138_280,
+        gmacs=100.231, params_paper='129M', gmacs_paper=100.0, top1_paper=83.6,
+        notes='the released resmlpB_24 (patch 8); 83.6 is the distilled model, ~81.0 without distillation'),
+)
+
+# Releases: every file the deit repository links (direct downloads from dl.fbaipublicfiles.com, no hash published;
+# the file names carry none). resmlp_models.py names the *_no_dist files (its default, pretrained=True) and the
+# 24-layer DINO one; README_resmlp.md the distilled, 22k and both DINO files with their top-1. Tags as timm's.
+_REPO = 'facebookresearch/deit@7e160fe43f0252d17191b71cbb5826254114ea5b'
+_DL = 'https://dl.fbaipublicfiles.com/deit/'
+
+
+def _weights(file: str, top1: float | None, top1_source: str, listed: str = 'resmlp_models.py') -> Weights:
+    return Weights(source=f'{_REPO}:{listed}', host='direct', page=_DL + file, top1=top1, top1_source=top1_source,
+                   license='apache-2.0')
+
+
+_README = 'README_resmlp.md'
+_DINO = 'k-NN top-1 of the DINO self-supervised weights (no fine-tuning; the head is not trained), ' + _README
+default_cfgs = generate_cfgs({
+    'resmlp_s12.fb_in1k': _cfg(_META['s12'], weights=_weights(
+        'resmlp_12_no_dist.pth', 76.6, f'{_PAPER} Table 1 (no distillation)')),
+    'resmlp_s12.fb_distilled_in1k': _cfg(_META['s12'], weights=_weights(
+        'resmlp_12_dist.pth', 77.8, f'{_README} (distilled)', _README)),
+    'resmlp_s12.fb_dino': _cfg(_META['s12'], weights=_weights('resmlp_12_dino.pth', 62.6, _DINO, _README)),
+    'resmlp_s24.fb_in1k': _cfg(_META['s24'], weights=_weights(
+        'resmlp_24_no_dist.pth', 79.4, f'{_PAPER} Table 1 (no distillation)')),
+    'resmlp_s24.fb_distilled_in1k': _cfg(_META['s24'], weights=_weights(
+        'resmlp_24_dist.pth', 80.8, f'{_README} (distilled)', _README)),
+    'resmlp_s24.fb_dino': _cfg(_META['s24'], weights=_weights('resmlp_24_dino.pth', 69.4, _DINO, _README)),
+    'resmlp_s36.fb_in1k': _cfg(_META['s36'], weights=_weights(
+        'resmlp_36_no_dist.pth', 79.7, f'{_PAPER} Table 1 (no distillation)')),
+    'resmlp_s36.fb_distilled_in1k': _cfg(_META['s36'], weights=_weights(
+        'resmlp_36_dist.pth', 81.1, f'{_README} (distilled)', _README)),
     'resmlp_b24.untrained': _cfg(ModelMeta(
         paper=f'{_PAPER} Table 1 (B24, patch 16)', official=_OFFICIAL + ' (resmlp_models with patch 16)',
         params=115_736_776, gmacs=23.021, params_paper='116M', gmacs_paper=23.0, top1_paper=81.0,
         notes='not a factory in the official repo; built from resmlp_models(patch_size=16, embed_dim=768, depth=24)')),
-    'resmlp_b24_p8.untrained': _cfg(ModelMeta(
-        paper='deit README_resmlp.md (resmlpB_24)', official=_OFFICIAL + ':resmlpB_24', params=129_138_280,
-        gmacs=100.231, params_paper='129M', gmacs_paper=100.0, top1_paper=83.6,
-        notes='the released resmlpB_24 (patch 8); 83.6 is the distilled model, ~81.0 without distillation')),
+    'resmlp_b24_p8.fb_in1k': _cfg(_META['b24_p8'], weights=_weights(
+        'resmlpB_24_no_dist.pth', None, 'no top-1 published for the undistilled B24/8 file')),
+    'resmlp_b24_p8.fb_distilled_in1k': _cfg(_META['b24_p8'], weights=_weights(
+        'resmlpB_24_dist.pth', 83.6, f'{_README} (distilled)', _README)),
+    'resmlp_b24_p8.fb_in22k_ft_in1k': _cfg(_META['b24_p8'], weights=_weights(
+        'resmlpB_24_22k.pth', 84.4, f'{_README} (ImageNet-22k pre-training, fine-tuned on ImageNet-1k)', _README)),
 })
 
 

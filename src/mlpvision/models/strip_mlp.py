@@ -84,7 +84,7 @@ from .._checkpoint import register_checkpoint_filter
 from ..layers import GRN, Linear
 from ._base import PyramidNet, check_input, one_d_and_bias_params, to_2tuple_int
 from ._factory import DeviceLike, factory_kwargs
-from ._registry import ModelMeta, build_model, generate_cfgs, register_model
+from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
 
 __all__ = ['StripMLP', 'StripBlock', 'StripMixing', 'CGSMM', 'LSMM', 'ChannelMixing', 'GRN', 'official_num_patches']
 
@@ -556,19 +556,29 @@ def _cfg(meta: ModelMeta, **kwargs) -> dict:
 
 
 _PAPER = 'arXiv:2307.11458 (ICCV 2023), ImageNet-1k table (official README)'
+# Releases: the README's ImageNet-1K table links each checkpoint to a Baidu share (extraction code 1234 in the link;
+# no direct download, no hash). License: the README's MIT badge (the repository has no LICENSE file).
+
+
+def _weights(share: str, top1: float) -> Weights:
+    return Weights(source='Med-Process/Strip_MLP@492d7050031fb01dc3e07de0c6598cc242f9d4dc:README.md', host='Baidu',
+                   page=f'https://pan.baidu.com/s/{share}?pwd=1234', top1=top1,
+                   top1_source='official README ImageNet-1K table', license='mit')
+
+
 default_cfgs = generate_cfgs({
-    'strip_mlp_tiny_light.untrained': _cfg(ModelMeta(
+    'strip_mlp_tiny_light.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (tiny light)', params=18_243_920, gmacs=2.531,
-        params_paper='18M', gmacs_paper=2.5, top1_paper=81.2)),
-    'strip_mlp_tiny.untrained': _cfg(ModelMeta(
+        params_paper='18M', gmacs_paper=2.5, top1_paper=81.2), weights=_weights('15SQy1MxY5RQlybNVpuFQcg', 81.2)),
+    'strip_mlp_tiny.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (tiny)', params=24_903_920, gmacs=3.665,
-        params_paper='25M', gmacs_paper=3.7, top1_paper=82.2)),
-    'strip_mlp_small.untrained': _cfg(ModelMeta(
+        params_paper='25M', gmacs_paper=3.7, top1_paper=82.2), weights=_weights('1mUDavm3Y8pmW8p7QmypnNQ', 82.2)),
+    'strip_mlp_small.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (small)', params=42_568_600, gmacs=6.828,
-        params_paper='43M', gmacs_paper=6.8, top1_paper=83.3)),
-    'strip_mlp_base.untrained': _cfg(ModelMeta(
+        params_paper='43M', gmacs_paper=6.8, top1_paper=83.3), weights=_weights('1uXoPzrhptbA8FBuQcaOrVg', 83.3)),
+    'strip_mlp_base.in1k': _cfg(ModelMeta(
         paper=_PAPER, official=_OFFICIAL + ' (base)', params=57_216_480, gmacs=9.214,
-        params_paper='57M', gmacs_paper=9.2, top1_paper=83.6)),
+        params_paper='57M', gmacs_paper=9.2, top1_paper=83.6), weights=_weights('1t4iQuMqUR8yfAO0kRS1EFg', 83.6)),
 })
 
 

@@ -1,0 +1,92 @@
+"""The CamVid figures of docs/dense.md from train-seg run folders: validation mIoU curves, the per-class IoU table and
+a grid of test-split predictions (image, ground truth, one column per run).
+
+    python benchmarks/camvid_report.py --runs NAME=RUN_DIR ... --data-dir /path/to/CamVid --out docs/dense
+
+Each RUN_DIR is a ``mlpvision train-seg`` output folder (metrics.csv, best.pth); the test split is evaluated with
+best.pth (whole images at the run's scale) and the table printed as Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mlpvision.data.loader import create_eval_loader
+from mlpvision.data.segmentation import CAMVID_PALETTE, SegEvalTransform, build_seg_dataset, overlay
+from mlpvision.engine.segmentation import evaluate_seg, model_from_checkpoint, predict_logits
+
+
+def curves(runs: dict[str, Path], out_png: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, run in runs.items():
+        rows = list(csv.DictReader(open(run / 'metrics.csv')))
+        a.plot([int(r['epoch']) for r in rows], [float(r['train_loss']) for r in rows], label=name)
+        ev = [(int(r['epoch']), float(r['val_miou'])) for r in rows if r['val_miou']]
+        b.plot([e for e, _ in ev], [v for _, v in ev], marker='o', ms=3, label=name)
+    a.set(xlabel='epoch', ylabel='train loss (decode + 0.4 aux)')
+    b.set(xlabel='epoch', ylabel='CamVid val mIoU (%)')
+    b.legend()
+    fig.suptitle('UperNet on CamVid from scratch (short CPU schedule)')
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+
+
+def grid(models: dict[str, tuple], data_dir: str, out_png: Path, picks: list[int], thumb: tuple[int, int]) -> None:
+    data = build_seg_dataset('camvid', data_dir, 'test')
+    rows = []
+    for i in picks:
+        img, mask = data.dataset.load(i)
+        arr = np.asarray(img)
+        gt = np.where(mask == 255, 0, mask)
+        cells = [arr, overlay(arr, gt, CAMVID_PALETTE, 0.6) * (mask[..., None] != 255)]
+        for model, meta in models.values():
+            x, _ = SegEvalTransform(meta['base_size'])(img)
+            with torch.no_grad():
+                pred = predict_logits(model, x[None], meta['num_classes'], size=mask.shape).argmax(1)[0].numpy()
+            cells.append(overlay(arr, pred, CAMVID_PALETTE, 0.6))
+        rows.append(np.concatenate([np.asarray(Image.fromarray(c.astype(np.uint8)).resize(thumb, Image.BILINEAR))
+                                    for c in cells], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png, optimize=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--runs', nargs='+', required=True, help='NAME=RUN_DIR pairs')
+    p.add_argument('--data-dir', required=True)
+    p.add_argument('--out', default='docs/dense')
+    p.add_argument('--picks', type=int, nargs='+', default=[0, 60, 120, 200], help='test image indices for the grid')
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    runs = {k: Path(v) for k, v in (r.split('=', 1) for r in args.runs)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    curves(runs, out / 'camvid_curves.png')
+    models, results = {}, {}
+    for name, run in runs.items():
+        model, meta = model_from_checkpoint(run / 'best.pth')
+        models[name] = (model, meta)
+        test = build_seg_dataset('camvid', args.data_dir, 'test', transform=SegEvalTransform(meta['base_size']))
+        results[name] = evaluate_seg(model, create_eval_loader(test.dataset, 1), meta['num_classes'],
+                                     meta['ignore_index'], torch.device('cpu'), classes=meta['classes'])
+    grid(models, args.data_dir, out / 'camvid_test_overlays.png', args.picks, (240, 180))
+    names = list(runs)
+    print('| class | ' + ' | '.join(names) + ' |')
+    print('|---|' + '---:|' * len(names))
+    classes = next(iter(results.values())).classes
+    for i, c in enumerate(classes):
+        print(f'| {c} | ' + ' | '.join(f'{results[n].iou[i]:.1f}' for n in names) + ' |')
+    print('| **mIoU** | ' + ' | '.join(f'**{results[n].miou:.1f}**' for n in names) + ' |')
+    print('| pixel acc | ' + ' | '.join(f'{results[n].pixel_acc:.1f}' for n in names) + ' |')
+
+
+if __name__ == '__main__':
+    main()
