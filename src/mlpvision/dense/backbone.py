@@ -251,7 +251,7 @@ def backbone(
     if name == 'repmlp_cifar_pure':
         raise UsageError('repmlp_cifar_pure is a three-stage CIFAR model without a stride 4/8/16/32 pyramid; use '
                          'a RepMLP-Res50 (repmlp_res50_*) or RepMLPNet (repmlpnet_*) backbone.')
-    model_kwargs.setdefault('num_classes', 0)
+    # built with its classifier, so that a classification checkpoint loads strictly; the head is dropped after
     model = create_model(name, checkpoint_path=checkpoint_path, **model_kwargs)
     if frozen_bn:
         model = freeze_batch_norm_2d(model)
