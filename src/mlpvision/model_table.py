@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,22 +128,26 @@ def _write_cache(path: Path, rows: dict[str, ModelRow]) -> None:
 
 
 def format_rows(rows: list[ModelRow], fmt: str = 'table') -> str:
-    cells = [r.cells() for r in rows]
+    return format_cells(COLUMNS, [r.cells() for r in rows], fmt)
+
+
+def format_cells(columns: Sequence[str], cells: list[list[str]], fmt: str = 'table') -> str:
+    """``cells`` under ``columns`` as an aligned text table, CSV or markdown (``fmt``: table, csv, md)."""
     if fmt == 'csv':
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator='\n')
-        w.writerow(COLUMNS)
+        w.writerow(columns)
         w.writerows(cells)
         return buf.getvalue()
     if fmt == 'md':
-        lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '|'.join('---' for _ in COLUMNS) + '|']
+        lines = ['| ' + ' | '.join(columns) + ' |', '|' + '|'.join('---' for _ in columns) + '|']
         lines += ['| ' + ' | '.join(c) + ' |' for c in cells]
         return '\n'.join(lines) + '\n'
     if fmt != 'table':
         raise UsageError(f"format must be one of table, csv, md; got {fmt!r}.")
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(COLUMNS)]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(columns)]
     line = lambda c: '  '.join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip()  # noqa: E731
-    return '\n'.join([line(COLUMNS), line(['-' * w for w in widths])] + [line(c) for c in cells]) + '\n'
+    return '\n'.join([line(columns), line(['-' * w for w in widths])] + [line(c) for c in cells]) + '\n'
 
 
 def weights_table(pattern: str = '*') -> str:
