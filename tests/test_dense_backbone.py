@@ -156,10 +156,38 @@ def test_classification_checkpoint_loads_into_the_backbone(tmp_path):
     torch.testing.assert_close(b.model.stages[3].blocks[0].mlp.fc1.weight, model.stages[3].blocks[0].mlp.fc1.weight)
 
 
-def test_checkpoint_for_another_canvas_is_refused(tmp_path):
-    save_state_dict(mlpvision.create_model('strip_mlp_tiny', depths=(1, 1, 1, 1)), tmp_path / 'cls.safetensors')
+@pytest.mark.parametrize('name,small', [('strip_mlp_tiny', dict(depths=(1, 1, 1, 1))), ('resmlp_s12', dict(depth=2))])
+def test_checkpoint_of_the_224_model_is_resampled_onto_another_canvas(tmp_path, name, small):
+    cls = mlpvision.create_model(name, **small)
+    save_state_dict(cls, tmp_path / 'cls.safetensors')
+    b = backbone(name, checkpoint_path=tmp_path / 'cls.safetensors', **SMALL[name])
+    ours, theirs = b.model.state_dict(), cls.state_dict()
+    resized = [k for k in ours if ours[k].shape != theirs[k].shape]
+    assert resized and all(torch.equal(ours[k], theirs[k]) for k in ours if k not in resized)  # the rest as saved
+    with torch.no_grad():
+        assert all(torch.isfinite(f).all() for f in b(torch.randn(1, 3, 100, 150)))
+
+
+def test_resampled_token_mixing_keeps_a_mean_a_mean_and_a_same_size_table():
+    from mlpvision.dense.adapt import resize_relative_table, resize_token_matrix
+    mean = torch.full((196, 196), 1 / 196)  # every output token the mean of the 14 x 14 inputs
+    torch.testing.assert_close(resize_token_matrix(mean, (14, 14), (7, 20)), torch.full((140, 140), 1 / 140))
+    w = torch.randn(196, 196)
+    torch.testing.assert_close(resize_token_matrix(w, (14, 14), (14, 14)), w)
+    table = torch.randn(14 + 20 + 1, 8)
+    torch.testing.assert_close(resize_relative_table(table, (14, 20), (14, 20)), table)
+    # offsets scaled per side: the ends and the zero offset (row H) map onto the old ones
+    t2 = resize_relative_table(table, (14, 20), (7, 40))
+    torch.testing.assert_close(t2[[0, 7, 47]], table[[0, 14, 34]])
+
+
+def test_repmlp_res50_checkpoint_of_another_canvas_is_refused(tmp_path):
+    """Its Global Perceptron FCs are sized by the number of partitions: nothing to resample (mlpvision.dense.adapt)."""
+    small = dict(depths=(1, 2, 2, 1))
+    save_state_dict(mlpvision.create_model('repmlp_res50_light_224', **small), tmp_path / 'cls.safetensors')
     with pytest.raises(CheckpointError):
-        backbone('strip_mlp_tiny', checkpoint_path=tmp_path / 'cls.safetensors', **SMALL['strip_mlp_tiny'])
+        backbone('repmlp_res50_light_224', checkpoint_path=tmp_path / 'cls.safetensors',
+                 **SMALL['repmlp_res50_light_224'])
 
 
 def test_backbone_param_count_is_the_trunk_plus_out_norms():

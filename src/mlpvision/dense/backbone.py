@@ -16,8 +16,11 @@ map's stride), the maps mmdet's backbones give on an input padded to ``size_divi
   Perceptron FCs, token-mixing FCs): built for one canvas (``img_size=(H, W)``, default the classification size);
   every input up to the canvas is padded to it; a larger one raises ValueError naming the canvas. The detectors in
   :mod:`mlpvision.dense.detection` size torchvision's resize so that images fit (``min_size`` / ``max_size``).
-  Weights trained at another size do not fit these tensors and are refused by the checkpoint loader
-  (:class:`mlpvision.CheckpointError` naming the mis-shaped keys); there is no interpolation of them here.
+  ``checkpoint_path`` weights trained at another size (the 224 classification models) are resampled onto the
+  canvas for Strip-MLP and ResMLP (:mod:`mlpvision.dense.adapt`: token-mixing matrices and position tables
+  resized, a starting point for fine-tuning); RepMLP-Res50's Global Perceptron FCs are sized by the number of
+  partitions, which has no grid to resample, so its weights of another size are refused by the strict loader
+  (:class:`mlpvision.CheckpointError` naming the mis-shaped keys).
 
 ResMLP is isotropic (one map at the patch stride). Its pyramid is ViTDet's simple feature pyramid (Li et al.,
 arXiv:2203.16527, §3 "Simple feature pyramid"), built from the last block's map (after the final Affine): stride
@@ -227,7 +230,8 @@ def backbone(
         frozen_stages: -1 none; 0 the stem; k the stem and the first k stages (ResMLP: blocks).
         norm_eval: BatchNorms stay in eval mode during training (mmdet's ``norm_eval``).
         checkpoint_path: classification weights of ``name`` (official or mlpvision format; read without running
-            code), loaded into the full model before its head is dropped.
+            code), loaded into the full model before its head is dropped; for Strip-MLP and ResMLP built for
+            another canvas (``img_size=``) their token-mixing weights are resampled to it (:mod:`.adapt`).
         frozen_bn: replace every BatchNorm by timm's ``FrozenBatchNorm2d`` (torchvision detection's default for
             ResNets); for DDP without it, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` converts the BatchNorms.
         **model_kwargs: passed to the model constructor (``drop_path_rate``, ``img_size`` for the canvas families,
@@ -252,10 +256,29 @@ def backbone(
         raise UsageError('repmlp_cifar_pure is a three-stage CIFAR model without a stride 4/8/16/32 pyramid; use '
                          'a RepMLP-Res50 (repmlp_res50_*) or RepMLPNet (repmlpnet_*) backbone.')
     # built with its classifier, so that a classification checkpoint loads strictly; the head is dropped after
-    model = create_model(name, checkpoint_path=checkpoint_path, **model_kwargs)
+    if checkpoint_path is not None and SIZE_POLICY[family] == 'canvas img_size' and family != 'repmlp':
+        model = _load_resampled(create_model(name, **model_kwargs), checkpoint_path)
+    else:
+        model = create_model(name, checkpoint_path=checkpoint_path, **model_kwargs)
     if frozen_bn:
         model = freeze_batch_norm_2d(model)
     return DenseBackbone(model, family, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval, name=name)
+
+
+def _load_resampled(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint of any canvas into a Strip-MLP / ResMLP ``model``: mapped to mlpvision's keys by the
+    family's filter, token-mixing weights resampled to the model's grid (:mod:`.adapt`), then loaded strictly."""
+    from .._checkpoint import CheckpointError, checkpoint_filter, load_weights, read_state_dict
+    from .adapt import adapt_state_dict
+
+    source = f'Checkpoint {os.fspath(checkpoint_path)!r}'
+    sd = read_state_dict(checkpoint_path)
+    fn = checkpoint_filter(model)
+    try:
+        sd = adapt_state_dict(fn(sd, model) if fn else sd, model)
+    except ValueError as e:
+        raise CheckpointError(f'{source}: {e}') from e
+    return load_weights(model, sd, source, filter_fn=lambda state_dict, _: state_dict)
 
 
 def param_groups(
