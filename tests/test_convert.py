@@ -69,6 +69,15 @@ def test_training_checkpoint_keeps_model_args_classes_and_preprocessing(tmp_path
         embed_dim=16, depth=1, patch_size=8, in_chans=1, deploy=True)
     assert tuple(cfg['pretrained_cfg']['mean']) == tuple(meta['data_config']['mean'])
     assert cfg['pretrained_cfg']['input_size'] == [1, 32, 32]
+    # not the registered ImageNet release: no tag, URL, license or release notes carried over
+    assert not {'tag', 'url', 'license', 'origin_url'} & set(cfg['pretrained_cfg'])
+    assert cfg['pretrained_cfg']['notes'] == ['weights: an mlpvision train checkpoint (best.pth), not a released tag']
+    # the folder stands in for a model name in `mlpvision export`
+    rc, stdout, err = cli(capsys, 'export', tmp_path / 'digits', '--format', 'pt2', '--dynamic-batch',
+                          '--out', tmp_path / 'digits.pt2')
+    assert rc == 0, err
+    assert f'resmlp_s12 (deploy form, {tmp_path / "digits"}) -> {tmp_path / "digits.pt2"}: pt2' in stdout
+    assert 'input (batch, 1, 32, 32)' in stdout
     trained = mlpvision.create_model('resmlp_s12', checkpoint_path=run / 'best.pth', **meta['model_kwargs']).eval()
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():

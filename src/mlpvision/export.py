@@ -95,8 +95,9 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, deploy: b
     """The model to export: (model in eval mode, its registered name, the input size it was trained or built for).
 
     Args:
-        name: a registered model name, or a checkpoint of ``mlpvision train`` (``best.pth``), which names its model,
-            constructor arguments and input size.
+        name: a registered model name, a checkpoint of ``mlpvision train`` (``best.pth``), which names its model,
+            constructor arguments and input size, or a folder written by ``mlpvision convert`` (its config.json
+            does the same).
         checkpoint: weights for ``name``: any file ``create_model(checkpoint_path=)`` or ``mlpvision validate``
             reads (official formats, mlpvision's ``.pth`` / ``.safetensors``, train or deploy form). None: the model's
             initial (random) weights.
@@ -106,6 +107,11 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, deploy: b
     from .models import create_model, is_model
 
     kwargs = dict(model_kwargs or {})
+    if checkpoint is None and not is_model(name) and Path(name).is_dir():  # a converted (Hub-layout) folder
+        model = create_model(name, deploy=deploy, **kwargs)
+        cfg = getattr(model, 'pretrained_cfg', None) or {}
+        size = cfg.get('input_size')
+        return model.eval(), cfg.get('architecture') or Path(name).name, tuple(size[1:]) if size else None
     if not is_model(name):
         if checkpoint is None and Path(name).is_file():
             checkpoint, name = name, None

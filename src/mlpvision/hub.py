@@ -260,6 +260,18 @@ def load_pretrained_dir(path: str | os.PathLike, **kwargs) -> nn.Module:
     return model
 
 
+_RELEASE_KEYS = ('tag', 'url', 'file', 'hf_hub_id', 'hf_hub_filename', 'state_dict', 'license', 'origin_url',
+                 'notes', 'paper_name', 'paper_ids', 'top1', 'top1_paper')
+
+
+def _without_release(cfg: Mapping[str, Any], src: Path) -> dict[str, Any]:
+    """``cfg`` less what describes the registered release (its tag, download, license and notes): for weights
+    that are not that release, e.g. an ``mlpvision train`` run's, which the notes name instead."""
+    out = {k: v for k, v in cfg.items() if k not in _RELEASE_KEYS}
+    out['notes'] = (f'weights: an mlpvision train checkpoint ({src.name}), not a released tag',)
+    return out
+
+
 def convert(
         src: str | os.PathLike,
         out_dir: str | os.PathLike,
@@ -294,6 +306,8 @@ def convert(
         net, name, args = loaded.model, loaded.name, dict(loaded.kwargs)
         labels = loaded.classes if loaded.meta is not None else None  # official ones: the model's own classes
         data = loaded.data_cfg.to_dict() if loaded.meta is not None else None
+        if loaded.meta is not None:  # a training run's weights: the cfg's release (tag, URL, its top-1) is not them
+            net.pretrained_cfg = _without_release(net.pretrained_cfg, src_path)
     if model is not None and model.split('.', 1)[0] != name:
         raise UsageError(f'{str(src)!r} holds a {name}, not a {model}; leave --model out for mlpvision checkpoints.')
     args.pop('deploy', None)

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                                            parse_model_kwargs(args.model_kwargs))
     result = export_model(model, args.out, args.format, args.dynamic_batch, args.dynamic_size, size or trained_size,
                           args.onnx_exporter, args.opset or ONNX_OPSET)
-    form = 'deploy' if args.deploy else 'train'
+    from mlpvision._reparam import is_reparameterized
+    form = 'deploy' if args.deploy or is_reparameterized(model) else 'train'  # a converted folder may hold either
     weights = args.checkpoint or (args.name if name != args.name else 'initial random weights')
     shape = ['batch' if args.dynamic_batch else '1', str(result.example_shape[1])]
     shape += ['height', 'width'] if args.dynamic_size else [str(s) for s in result.example_shape[2:]]
