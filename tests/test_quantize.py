@@ -147,6 +147,20 @@ def test_cli_quantize_reports_top1_and_writes_a_loadable_file(capsys, tmp_path):
     assert back.recipe.data_config['input_size'] == [3, 32, 32]
 
 
+def test_cli_quantize_takes_a_converted_folder(capsys, tmp_path):
+    from mlpvision.hub import save_pretrained
+    folder = _image_folder(tmp_path / 'images')
+    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=1, num_classes=2)
+    save_pretrained(mlpvision.create_model('resmlp_s12', **args), tmp_path / 'conv', label_names=['a', 'b'],
+                    model_args=args)
+    rc, stdout, err = cli(capsys, 'quantize', tmp_path / 'conv', '--calib-dir', folder, '--calib-images', 4,
+                          '--out', tmp_path / 'q.safetensors', '-j', 0, '--threads', 1)
+    assert rc == 0, err
+    assert f'model: resmlp_s12 from {tmp_path / "conv"} (converted folder); input 3x32x32' in stdout
+    back = load_quantized(tmp_path / 'q.safetensors', compile=False)
+    assert back.recipe.classes == ['a', 'b'] and back.recipe.model_kwargs['embed_dim'] == 32
+
+
 def test_cli_quantize_errors(capsys, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
@@ -154,7 +168,7 @@ def test_cli_quantize_errors(capsys, tmp_path):
     rc, _, err = cli(capsys, 'quantize', 'resmlp_s12', '--calib-dir', empty, *args)
     assert_one_error_line(rc, err, 'quantize', 'no calibration images')
     rc, _, err = cli(capsys, 'quantize', 'not_a_model', '--calib-dir', empty, *args)
-    assert_one_error_line(rc, err, 'quantize', 'neither a checkpoint file nor a registered model name')
+    assert_one_error_line(rc, err, 'quantize', 'neither a checkpoint file', 'nor a registered model name')
     rc, _, err = cli(capsys, 'quantize', 'resmlp_s12', '--calib-dir', empty, '--out', tmp_path / 'q.pt2')
     assert_one_error_line(rc, err, 'quantize', '.safetensors')
 

@@ -46,14 +46,27 @@ def _load(args: argparse.Namespace):
     if os.path.isfile(args.source):
         lm = load_for_inference(args.source, args.model, kwargs, args.ema, False, args.img_size)
         return lm.model, lm.name, lm.kwargs, lm.data_cfg, lm.classes, f'{args.source} ({lm.form} form)'
+    if os.path.isdir(args.source):  # a folder written by `mlpvision convert`
+        import json
+
+        from mlpvision.hub import is_pretrained_dir
+        if is_pretrained_dir(args.source):
+            model = create_model(args.source, **kwargs).eval()
+            with open(os.path.join(args.source, 'config.json'), encoding='utf-8') as f:
+                cfg = json.load(f)
+            kwargs = {**(cfg.get('model_args') or {}), **kwargs}
+            kwargs.pop('deploy', None)  # quantize re-parameterises itself
+            classes = list(model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)])
+            return (model, cfg['architecture'], kwargs, resolve_data_config(model), classes,
+                    f'{args.source} (converted folder)')
     if is_model(args.source):
         if args.img_size:
             kwargs.setdefault('img_size', args.img_size)
         model = create_model(args.source, **kwargs).eval()
         classes = [str(i) for i in range(model.num_classes)]
         return model, args.source, kwargs, resolve_data_config(model), classes, f'{args.source} (random weights)'
-    raise UsageError(f'{args.source!r} is neither a checkpoint file nor a registered model name (`mlpvision models '
-                     f'--names-only` lists them)')
+    raise UsageError(f'{args.source!r} is neither a checkpoint file, a folder of `mlpvision convert` nor a '
+                     f'registered model name (`mlpvision models --names-only` lists them)')
 
 
 def _top1(model, val_dir: str, data_cfg, classes: list[str], batch_size: int, workers: int) -> tuple[float, int]:
