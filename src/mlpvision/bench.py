@@ -498,14 +498,19 @@ def _loadavg() -> str:
         return ''
 
 
-def _cpu_name() -> str:
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field : value`` line of /proc/cpuinfo; None without one (or off Linux)."""
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
+            if line.startswith(field):
                 return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo('model name') or platform.processor() or platform.machine()
 
 
 _ISA_ENV = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS', 'ATEN_CPU_CAPABILITY')
@@ -519,20 +524,15 @@ def _cpu_isa() -> str:
     docs/benchmarks.md, the bf16 GEMM peak falls from 448 to 51 G MAC/s (1 thread) while fp32 stays at 77, and
     AS-MLP-T's bf16 lead over the official fp32 falls from 4.4x to 1.5x: the bf16 figures belong to AMX hosts.
     """
-    try:
-        flags = set()
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('flags'):
-                flags = set(line.split(':', 1)[1].split())
-                break
-    except OSError:
-        flags = set()
+    flags = set((_cpuinfo('flags') or '').split())
     bf16 = 'AMX' if 'amx_bf16' in flags else 'AVX512-BF16' if 'avx512_bf16' in flags else 'no native bf16'
     int8 = 'AMX' if 'amx_int8' in flags else 'AVX512-VNNI' if 'avx512_vnni' in flags else (
         'AVX-VNNI' if 'avx_vnni' in flags else 'no VNNI')
     out = f'torch {torch.backends.cpu.get_cpu_capability()}, bf16 GEMM: {bf16}, int8 GEMM: {int8}'
+    if not flags:
+        return out + ' (no /proc/cpuinfo flags)'
     capped = [f'{k}={os.environ[k]}' for k in _ISA_ENV if os.environ.get(k)]
-    return out + (f" ({', '.join(capped)})" if capped else '') if flags else out + ' (no /proc/cpuinfo flags)'
+    return out + (f" ({', '.join(capped)})" if capped else '')
 
 
 def _library_versions() -> dict[str, str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from mlpvision.errors import UsageError
 
@@ -47,13 +48,10 @@ def _load(args: argparse.Namespace):
         lm = load_for_inference(args.source, args.model, kwargs, args.ema, False, args.img_size)
         return lm.model, lm.name, lm.kwargs, lm.data_cfg, lm.classes, f'{args.source} ({lm.form} form)'
     if os.path.isdir(args.source):  # a folder written by `mlpvision convert`
-        import json
-
-        from mlpvision.hub import is_pretrained_dir
+        from mlpvision.hub import _read_config, is_pretrained_dir
         if is_pretrained_dir(args.source):
             model = create_model(args.source, **kwargs).eval()
-            with open(os.path.join(args.source, 'config.json'), encoding='utf-8') as f:
-                cfg = json.load(f)
+            cfg = _read_config(Path(args.source))
             kwargs = {**(cfg.get('model_args') or {}), **kwargs}
             kwargs.pop('deploy', None)  # quantize re-parameterises itself
             classes = list(model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)])

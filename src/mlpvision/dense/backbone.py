@@ -266,19 +266,18 @@ def backbone(
 
 
 def _load_resampled(model: nn.Module, checkpoint_path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint of any canvas into a Strip-MLP / ResMLP ``model``: mapped to mlpvision's keys by the
-    family's filter, token-mixing weights resampled to the model's grid (:mod:`.adapt`), then loaded strictly."""
-    from .._checkpoint import CheckpointError, checkpoint_filter, load_weights, read_state_dict
+    """Load a checkpoint of any canvas into a Strip-MLP / ResMLP ``model`` strictly: the family's key mapping, then
+    the token-mixing weights resampled to the model's grid (:mod:`.adapt`), as one filter of the shared loader (whose
+    error policy turns a failing filter into a CheckpointError naming the file)."""
+    from .._checkpoint import checkpoint_filter, load_checkpoint
     from .adapt import adapt_state_dict
 
-    source = f'Checkpoint {os.fspath(checkpoint_path)!r}'
-    sd = read_state_dict(checkpoint_path)
-    fn = checkpoint_filter(model)
-    try:
-        sd = adapt_state_dict(fn(sd, model) if fn else sd, model)
-    except ValueError as e:
-        raise CheckpointError(f'{source}: {e}') from e
-    return load_weights(model, sd, source, filter_fn=lambda state_dict, _: state_dict)
+    family_filter = checkpoint_filter(model)
+
+    def resampled(sd: dict, m: nn.Module) -> dict:
+        return adapt_state_dict(family_filter(sd, m) if family_filter else sd, m)
+
+    return load_checkpoint(model, checkpoint_path, filter_fn=resampled)
 
 
 def param_groups(
