@@ -44,6 +44,7 @@ from ..errors import UsageError
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import autocast_context
+from .metrics import _floats, read_metrics
 from .train import NonFiniteLossError, TrainingInterrupted, _amp_dtype, _StopRequest, available_cores
 
 __all__ = ['SegConfig', 'SegMetrics', 'confusion_matrix', 'seg_metrics', 'build_seg_model', 'poly_lr',
@@ -441,7 +442,7 @@ def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
 
     csv_path = out / 'metrics.csv'
     if info.primary:
-        rows = [r for r in _read_csv(csv_path) if int(r['epoch']) <= epoch] if path is not None else []
+        rows = [r for r in read_metrics(csv_path) if int(r['epoch']) <= epoch] if path is not None else []
         _write_csv(csv_path, rows)
         _logger.info('train-seg: UperNet(%s), %d classes, %s params; %d train / %d val images, %d steps/epoch x %d '
                      'epochs, batch %d x %d process(es), crop %s, %d threads, device %s', cfg.backbone, nc,
@@ -527,13 +528,6 @@ def _sync_buffers(model: nn.Module, info: DistInfo) -> None:
             dist.broadcast(b, 0)
 
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, 'w', newline='') as f:
         w = csv.DictWriter(f, _COLUMNS)
@@ -571,13 +565,11 @@ def plot_seg_curves(metrics_csv: Path, out_png: Path, title: str = '') -> Path |
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rows = _read_csv(metrics_csv)
-    ep = [int(r['epoch']) for r in rows]
+    rows = read_metrics(metrics_csv)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(ep, [float(r['train_loss']) for r in rows])
+    a.plot(*_floats(rows, 'train_loss'))
     a.set(xlabel='epoch', ylabel='train loss')
-    ev = [(int(r['epoch']), float(r['val_miou'])) for r in rows if r.get('val_miou')]
-    b.plot([e for e, _ in ev], [v for _, v in ev], marker='o')
+    b.plot(*_floats(rows, 'val_miou'), marker='o')
     b.set(xlabel='epoch', ylabel='val mIoU (%)')
     fig.suptitle(title)
     fig.tight_layout()
