@@ -55,10 +55,32 @@ def test_onednn_path_is_taken(xwb, monkeypatch):
         linear(x, w, b, nn.GELU())
         with torch.autocast('cpu', dtype=torch.bfloat16):
             linear(x, w, b)
-    assert calls == []
+    # bf16 through oneDNN only where oneDNN has bf16 (AVX512 / AMX); an AVX2-only CPU gets autocast's F.linear
+    assert calls == ([] if fast_linear.onednn_bf16_supported() else [1])
+    calls.clear()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         linear(x, w, b)
     assert calls == [1]
+
+
+def test_bf16_steps_aside_on_a_cpu_without_onednn_bf16(xwb, monkeypatch):
+    """On a CPU where oneDNN has no bf16 (AVX2 only: its bf16 ops raise) the layers run autocast's plain ops: the
+    same result as F.linear / the conv under autocast, exactly, and the fp32 path is unchanged."""
+    monkeypatch.setattr(fast_linear, '_bf16_available', False)
+    assert not fast_linear.onednn_bf16_supported()
+    x, w, b = xwb
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    monkeypatch.setattr(torch.ops.mkldnn, '_reorder_linear_weight',
+                        lambda *a: pytest.fail('a bf16 weight was packed for oneDNN') if a[0].dtype == torch.bfloat16
+                        else reorder(*a))
+    conv = nn.Conv2d(48, 32, 1)
+    x4 = torch.randn(2, 48, 5, 5).to(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(linear(x, w, b, nn.GELU()), F.gelu(F.linear(x, w, b)))
+        assert torch.equal(conv1x1(x4, conv, nn.ReLU()), F.relu(conv(x4)))
+        assert torch.equal(conv_act(x4, conv, nn.GELU()), F.gelu(conv(x4)))
+    with torch.no_grad():
+        _close(linear(x, w, b), F.linear(x, w, b))
 
 
 def test_autograd_and_switch_are_exact(xwb):
@@ -88,6 +110,8 @@ def test_bf16_autocast(xwb, act):
     assert (y.float() - ref.float()).abs().max().item() <= 2 ** -7 * ref.float().abs().max().item()
 
 
+@pytest.mark.skipif(not fast_linear.onednn_bf16_supported(), reason="oneDNN has no bf16 on this CPU: autocast's "
+                    "own ops run, and autocast keeps its weight casts until the region ends")
 def test_bf16_weight_copy_follows_the_parameter(xwb):
     x, w, b = xwb
     lin = nn.Linear(48, 96)
@@ -166,7 +190,8 @@ def test_conv1x1_onednn_path_is_taken_only_where_it_applies(monkeypatch):
         conv1x1(x, conv, nn.GELU())
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert conv1x1(x, conv, nn.GELU()).dtype == torch.bfloat16
-    assert calls == []
+    assert calls == ([] if fast_linear.onednn_bf16_supported() else [1])  # bf16: oneDNN's where it has bf16
+    calls.clear()
     y = conv1x1(x, conv, nn.GELU())  # autograd: the module, with its backward
     assert calls == [1] and y.requires_grad
     strided = nn.Conv2d(8, 16, 1, stride=2)
@@ -233,10 +258,11 @@ def test_packed_weights_kept_per_dtype(monkeypatch):
             conv1x1(x, conv)
             with torch.autocast('cpu', dtype=torch.bfloat16):
                 conv1x1(x, conv)
-        assert packs == [torch.float32, torch.bfloat16]
+        bf16 = [torch.bfloat16] if fast_linear.onednn_bf16_supported() else []  # none packed without oneDNN bf16
+        assert packs == [torch.float32, *bf16]
         conv.weight.mul_(2)  # in place: remade
         _close(conv1x1(x, conv), conv(x))
-    assert packs == [torch.float32, torch.bfloat16, torch.float32]
+    assert packs == [torch.float32, *bf16, torch.float32]
 
 def test_conv_mlp_forward():
     mlp = Mlp(16, 32, act_layer=nn.GELU, use_conv=True).eval()

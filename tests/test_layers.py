@@ -108,7 +108,8 @@ def test_pointwise_conv_takes_the_onednn_path_only_where_it_applies(monkeypatch)
         conv(x, act=nn.GELU())
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert conv(x, act=nn.GELU()).dtype == torch.bfloat16
-    assert calls == []
+    assert calls == ([] if fast_linear.onednn_bf16_supported() else [1])  # bf16: oneDNN's where it has bf16
+    calls.clear()
     y = conv(x, act=nn.GELU())  # autograd: the plain conv, with its backward
     assert calls == [1] and y.requires_grad
 

@@ -90,6 +90,18 @@ def test_compiled_int8_runs_onednn_int8_kernels_and_matches_the_program():
     assert out.dtype == torch.float32 and _rel(out, ref) < TOLERANCE
 
 
+@pytest.mark.parametrize('dot_products', [True, False])
+def test_activations_are_7_bit_without_int8_dot_products(monkeypatch, dot_products):
+    """AVX2-only CPUs saturate 8-bit activations in their u8 x s8 kernels (mlpvision.quantize.int8_dot_products):
+    there the quantizer's observers span 0..127, elsewhere 0..255."""
+    import mlpvision.quantize as mq
+    monkeypatch.setattr(mq, 'int8_dot_products', lambda: dot_products)
+    model, _, _ = _model(RESMLP)
+    prepared = mq._prepared(mlpvision.reparameterize(model), (3, 32, 32))
+    ranges = {(m.quant_min, m.quant_max) for m in prepared.modules() if type(m).__name__ == 'HistogramObserver'}
+    assert ranges == ({(0, 255)} if dot_products else {(0, 127)})
+
+
 def test_artifact_round_trips(tmp_path):
     model, name, kwargs = _model(RESMLP)
     q = quantize(model, _images(32), model_kwargs=kwargs, classes=[f'c{i}' for i in range(10)], compile=False)

@@ -615,9 +615,13 @@ def environment(settings: BenchSettings) -> dict[str, str]:
         env['gpu'] = torch.cuda.get_device_name(device)
     elif settings.gemm_peaks:
         peaks = dict(_gemm_peaks_cached(torch.get_num_threads()))
-        env['gemm_peaks'] = (f"{peaks['gemm_fp32_layers']:.0f} G MAC/s fp32 and {peaks['gemm_bf16_layers']:.0f} G "
-                             f"MAC/s bf16 through mlpvision's layers (oneDNN), {peaks['gemm_fp32_mm']:.0f} G MAC/s "
-                             f"fp32 torch.mm; 2048^3 GEMM, {env['threads']} threads, best of 5")
+        from .layers.fast_linear import onednn_bf16_supported
+
+        bf16_path = 'oneDNN' if onednn_bf16_supported() else "autocast's fallback: oneDNN has no bf16 on this CPU"
+        env['gemm_peaks'] = (f"{peaks['gemm_fp32_layers']:.0f} G MAC/s fp32 (oneDNN) and "
+                             f"{peaks['gemm_bf16_layers']:.0f} G MAC/s bf16 ({bf16_path}) through mlpvision's layers, "
+                             f"{peaks['gemm_fp32_mm']:.0f} G MAC/s fp32 torch.mm; 2048^3 GEMM, {env['threads']} "
+                             f"threads, best of 5")
     env['memory_method'] = MEMORY_METHOD[device.type]
     return env
 

@@ -9,7 +9,8 @@ The route is PyTorch 2 export quantization (PT2E) with the x86 quantizer, then i
    ``aten.linear`` is tagged as the linear it is (our layers call ``F.linear`` with a module's weight from inside
    :mod:`mlpvision.layers.fast_linear`, which the quantizer's module-based matching does not recognise);
 3. torchao's ``X86InductorQuantizer`` (default config: int8 activations per tensor, static, from a histogram
-   observer; int8 weights per output channel, symmetric) annotates convs and linears with their fused activations
+   observer, 7-bit on a CPU without int8 dot products, :func:`int8_dot_products`; int8 weights per output
+   channel, symmetric) annotates convs and linears with their fused activations
    and residual adds; ``prepare_pt2e`` inserts observers, a few hundred real images are run through them
    (calibration), and ``convert_pt2e`` turns the graph into quantize / dequantize pairs around float ops (batch
    norms that no conv absorbed become multiply-adds first, :func:`_bn_to_affine`);
@@ -204,7 +205,8 @@ def _prepared(model: nn.Module, input_size: Sequence[int]) -> torch.fx.GraphModu
                          f'{str(e).splitlines()[0] if str(e) else ""}); int8 quantization needs an exportable '
                          f'deploy form') from None
     gm = _prepare_graph(ep.module())
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=not int8_dot_products())
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
     try:
         return prepare_pt2e(gm, quantizer)
     except (ValueError, AssertionError, RuntimeError) as e:
@@ -290,9 +292,25 @@ class QuantizedModel(nn.Module):
         return atomic_save(tensors, path, writer=lambda obj, p: save_file(obj, p, metadata=meta))
 
 
+def int8_dot_products() -> bool:
+    """Whether this CPU has int8 dot products that accumulate in int32 (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    Without them (an AVX2-only CPU) the u8 x s8 kernels add pairs of products in int16 with saturation
+    (``vpmaddubsw``), and 8-bit activations overflow it: on a 2-core AVX2 AMD EPYC, a compiled tiny ResMLP's logits
+    were 29% (of the largest) away from the reference int8 program. There the activations are quantized to 7 bits
+    (the quantizer's ``reduce_range``), as fbgemm does on such CPUs, and the kernels agree with the program again
+    (tests/test_quantize.py). The choice is made where the program is built, in :func:`quantize` and again in
+    :func:`load_quantized` from the saved observer state, so an artifact follows the CPU that loads it.
+    """
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
+    return any(caps.get(k, False) for k in ('avx512_vnni', 'avx_vnni', 'amx_int8'))
+
+
 def _native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether oneDNN computes in bf16 on this CPU (:func:`mlpvision.layers.fast_linear.onednn_bf16_supported`)."""
+    from .layers.fast_linear import onednn_bf16_supported
+
+    return onednn_bf16_supported()
 
 
 def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:

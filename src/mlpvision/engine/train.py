@@ -455,6 +455,13 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == 'fp16' and device.type != 'cuda':
         raise UsageError('--amp fp16 needs a CUDA device; use --amp bf16 (or none) on the CPU')
+    if amp == 'bf16' and device.type == 'cpu':
+        from ..layers.fast_linear import onednn_bf16_supported
+
+        if not onednn_bf16_supported():
+            _logger.warning('--amp bf16: this CPU has no bf16 GEMMs (oneDNN needs AVX512 or AMX; torch reports %s), so '
+                            'bf16 runs in slow fallback kernels, several times slower than fp32 here; --amp none is '
+                            'faster on this machine', torch.backends.cpu.get_cpu_capability())
     return torch.bfloat16 if amp == 'bf16' else torch.float16
 
 

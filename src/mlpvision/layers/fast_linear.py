@@ -17,9 +17,10 @@ an exported graph must hold the plain ops, which every runtime knows) and not un
 
 * float32 without autocast: equal to ``act(F.linear(x, weight, bias))`` up to float rounding (another summation
   order);
-* bf16 autocast: the GEMM autocast would run (bf16 input, weight and bias, float accumulation), with the weight's
-  bf16 copy kept between calls instead of a cast on every call, and the activation applied before the output is
-  rounded to bf16 rather than after; the output is bf16 either way.
+* bf16 autocast, on a CPU where oneDNN has bf16 (:func:`onednn_bf16_supported`; elsewhere autocast's plain ops
+  run): the GEMM autocast would run (bf16 input, weight and bias, float accumulation), with the weight's bf16 copy
+  kept between calls instead of a cast on every call, and the activation applied before the output is rounded to
+  bf16 rather than after; the output is bf16 either way.
 
 In both cases the weight is kept between calls in oneDNN's blocked layout for the current input shape (remade when
 the parameter changes in place or is replaced, or the input shape changes), which saves the reorder oneDNN makes on
@@ -50,10 +51,12 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
-           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'dispatch_mode_active', 'tracing']
+           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'onednn_bf16_supported',
+           'dispatch_mode_active', 'tracing']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
 _available: bool | None = None
+_bf16_available: bool | None = None
 _bf16_copies = WeakIdKeyDictionary()  # parameter -> ((its _version, data_ptr) when copied, bf16 copy)
 _packed_weights = WeakIdKeyDictionary()  # weight (or the tensor it views) -> {dtype: (key, packed copy)}
 _derived = weakref.WeakKeyDictionary()  # module -> {name of the function: (key of its inputs, derived tensors)}
@@ -75,6 +78,17 @@ def _onednn_available() -> bool:
     if _available is None:
         _available = bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
     return _available
+
+
+def onednn_bf16_supported() -> bool:
+    """Whether oneDNN computes in bf16 on this CPU (its own check: AVX512 BW/VL/DQ, AVX-NE-CONVERT or newer; AMX
+    and AVX512-BF16 natively, plain AVX512 by conversion). On an AVX2-only CPU (many AMD EPYC / Ryzen and older
+    Intel parts) oneDNN's bf16 ops raise, so the bf16 autocast paths here step aside and autocast runs the plain ops
+    (PyTorch's own bf16 kernels: correct, and slower than fp32 there; docs/benchmarks.md "AVX2-only host")."""
+    global _bf16_available
+    if _bf16_available is None:
+        _bf16_available = bool(_onednn_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return _bf16_available
 
 
 def _act_attr(act: nn.Module | None) -> tuple[str, str] | None:
@@ -121,7 +135,8 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return None
     floats = (torch.float32, torch.bfloat16)
     if torch.is_autocast_enabled('cpu'):
-        if torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in floats and weight.dtype in floats:
+        if (torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in floats and weight.dtype in floats
+                and onednn_bf16_supported()):
             return torch.bfloat16
         return None
     if x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
