@@ -13,7 +13,8 @@ peaks (:func:`mlpvision.bench.gemm_peaks`) and the torch / oneDNN versions, then
 its ratio to the official fp32 entry (ratio of medians and median of the per-repeat ratios).
 
 Entries: official fp32 (and the official deploy form for RepMLPNet, after its ``locality_injection()``); ours fp32,
-ours fp32 deploy form (where the family has one), ours bf16 autocast, ours bf16 deploy form; ``--plain`` adds ours
+ours fp32 deploy form (where the family has one), ours bf16 autocast, ours bf16 deploy form (``--bf16 auto``, the
+default: only where oneDNN has bf16, AVX512 / AMX); ``--plain`` adds ours
 in fp32 without the oneDNN layer paths, ``--compile`` adds ``torch.compile(dynamic=False)`` of the bf16 deploy form
 (minutes of compilation in the warm-up). ``--train`` times a training step instead (train mode: zero_grad, forward,
 cross-entropy, backward; no optimizer step; fp32), for the official model and ours.
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--train', action='store_true', help='time a training step (fp32) instead of inference')
+    ap.add_argument('--bf16', choices=('auto', 'on', 'off'), default='auto',
+                    help='bf16 autocast entries: auto = where oneDNN has bf16 (AVX512 / AMX; on an AVX2-only CPU '
+                         "bf16 runs in fallback kernels several times slower than fp32)")
     ap.add_argument('--compile', action='store_true', help='add torch.compile(dynamic=False) of the bf16 deploy form')
     ap.add_argument('--plain', action='store_true',
                     help="add ours in fp32 without the oneDNN layer paths (set_onednn_linear(False))")
@@ -141,13 +145,20 @@ def main(argv: list[str] | None = None) -> None:
         entries.append(('ours_fp32', ours, None))
         if deploy is not None:
             entries.append(('ours_deploy_fp32', deploy, None))
-        entries.append(('ours_bf16', ours, torch.bfloat16))
-        if deploy is not None:
+        from mlpvision.layers.fast_linear import onednn_bf16_supported
+
+        bf16 = args.bf16 == 'on' or (args.bf16 == 'auto' and onednn_bf16_supported())
+        if not bf16:
+            print(f'# no bf16 entries (--bf16 {args.bf16}; oneDNN has bf16 on this CPU: {onednn_bf16_supported()})')
+        if bf16:
+            entries.append(('ours_bf16', ours, torch.bfloat16))
+        if bf16 and deploy is not None:
             entries.append(('ours_deploy_bf16', deploy, torch.bfloat16))
         if args.plain:
             entries.append(('ours_plain_fp32', ours, 'plain'))
         if args.compile:
-            entries.append(('ours_best_compiled_bf16', torch.compile(deploy or ours, dynamic=False), torch.bfloat16))
+            entries.append((f'ours_best_compiled_{"bf16" if bf16 else "fp32"}',
+                            torch.compile(deploy or ours, dynamic=False), torch.bfloat16 if bf16 else None))
 
     x = torch.randn(args.batch, *x_fixture.shape[1:], generator=torch.Generator().manual_seed(0))
     target = torch.randint(0, rec.get('num_classes', 1000), (args.batch,), generator=torch.Generator().manual_seed(1))
