@@ -13,6 +13,10 @@ For each model the deploy form is run as
 * ``int8+bf16``: the same program with those float ops under bf16 autocast (``bf16=True``, the default where the
   CPU has native bf16).
 
+On a CPU where oneDNN has no bf16 (AVX2 only; ``--bf16 auto``, the default, decides) the forms are ``fp32``,
+``fp32 compiled`` and ``int8``: bf16 there runs in fallback kernels several times slower than fp32, and int8's
+activations are 7-bit (:func:`mlpvision.quantize.int8_dot_products`).
+
 Repeats are interleaved over every (model, form) pair, the order reversing on every other repeat (as
 :func:`mlpvision.bench.run_bench` does), and the figures are medians; the environment block (torch and oneDNN
 versions, the host's GEMM peaks, load before and after) is :func:`mlpvision.bench.environment`'s. The weights are
@@ -37,6 +41,9 @@ from mlpvision.bench import BenchSettings, _loadavg, environment
 from mlpvision.quantize import QuantizedModel, quantize
 
 FORMS = ('fp32', 'bf16', 'bf16 compiled', 'int8', 'int8+bf16')
+# a CPU where oneDNN has no bf16 (AVX2 only): bf16 runs in fallback kernels several times slower than fp32, so the
+# float reference is fp32, eager and compiled, and int8 keeps its float ops in fp32
+FORMS_NO_BF16 = ('fp32', 'fp32 compiled', 'int8')
 
 
 def bf16() -> contextlib.AbstractContextManager:
@@ -67,7 +74,8 @@ def int8_gemm_peak(size: int = 2048, repeats: int = 5) -> float:
     return size ** 3 / best / 1e9
 
 
-def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dict[str, Callable[[], None]], dict]:
+def _forms(name: str, batch: int, img_size: int, calib_images: int,
+           forms: tuple[str, ...] = FORMS) -> tuple[dict[str, Callable[[], None]], dict]:
     torch.manual_seed(0)
     model = mlpvision.create_model(name, img_size=img_size).eval()
     deploy = mlpvision.reparameterize(model).eval()
@@ -77,7 +85,7 @@ def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dic
     q = quantize(model, torch.randn(calib_images, 3, img_size, img_size), model_kwargs=dict(img_size=img_size),
                  bf16=False)
     info['quantize_s'] = time.perf_counter() - t
-    mixed = QuantizedModel(q.program, q.recipe, {}, bf16=True)
+    mixed = QuantizedModel(q.program, q.recipe, {}, bf16=True) if 'int8+bf16' in forms else None
     compiled = torch.compile(deploy, dynamic=False)
 
     def run_fp32() -> None:
@@ -91,6 +99,9 @@ def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dic
         with bf16():
             compiled(x)
 
+    def run_fp32_compiled() -> None:
+        compiled(x)
+
     def run_int8() -> None:
         q(x)
 
@@ -103,10 +114,14 @@ def _forms(name: str, batch: int, img_size: int, calib_images: int) -> tuple[dic
         out = q(x)
         info['int8_compile_s'] = time.perf_counter() - t
         info['int8_vs_fp32'] = float((out - ref).abs().max() / ref.abs().max())
-        info['int8_bf16_vs_fp32'] = float((mixed(x) - ref).abs().max() / ref.abs().max())
-        with bf16():
-            info['bf16_vs_fp32'] = float((deploy(x).float() - ref).abs().max() / ref.abs().max())
-    return dict(zip(FORMS, (run_fp32, run_bf16, run_bf16_compiled, run_int8, run_int8_bf16), strict=True)), info
+        if mixed is not None:
+            info['int8_bf16_vs_fp32'] = float((mixed(x) - ref).abs().max() / ref.abs().max())
+        if 'bf16' in forms:
+            with bf16():
+                info['bf16_vs_fp32'] = float((deploy(x).float() - ref).abs().max() / ref.abs().max())
+    runs = {'fp32': run_fp32, 'fp32 compiled': run_fp32_compiled, 'bf16': run_bf16, 'bf16 compiled': run_bf16_compiled,
+            'int8': run_int8, 'int8+bf16': run_int8_bf16}
+    return {f: runs[f] for f in forms}, info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--repeat-time', type=float, default=1.0, help='seconds per timed repeat of each form')
     p.add_argument('--calib-images', type=int, default=32, help='random calibration images (speed only)')
+    p.add_argument('--bf16', choices=('auto', 'on', 'off'), default='auto',
+                   help='the bf16 forms: auto = where oneDNN has bf16 (AVX512 / AMX); without them the forms are '
+                        f'{", ".join(FORMS_NO_BF16)}')
     args = p.parse_args(argv)
+    from mlpvision.layers.fast_linear import onednn_bf16_supported
+
+    use_bf16 = args.bf16 == 'on' or (args.bf16 == 'auto' and onednn_bf16_supported())
+    forms_used = FORMS if use_bf16 else FORMS_NO_BF16
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = BenchSettings(batch_size=args.batch_size, img_size=args.img_size, reparam=True,
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     infos = {}
     for name in args.models.split(','):
         print(f'[build] {name}: deploy form, quantize, compile', file=sys.stderr, flush=True)
-        forms, infos[name] = _forms(name, args.batch_size, args.img_size, args.calib_images)
+        forms, infos[name] = _forms(name, args.batch_size, args.img_size, args.calib_images, forms_used)
         runs.update({(name, f): fn for f, fn in forms.items()})
     iters = {}
     with torch.inference_mode():
@@ -156,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in env.items():
         if k != 'memory_method':
             print(f'- {k}: {v}')
+    if not use_bf16:
+        _print_fp32_table(infos, samples)
+        return 0
     print('\n| model | ' + ' | '.join(f'{f} img/s' for f in FORMS) + ' | int8 / bf16 | int8+bf16 / bf16 | '
           'int8+bf16 / bf16 compiled | int8+bf16 / fp32 | spread % (int8, int8+bf16) | max diff / max logit: int8, '
           'int8+bf16, bf16 | quantize s |')
@@ -175,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
             f'{info["quantize_s"]:.0f}']
         print(f'| {name} | ' + ' | '.join(cells) + ' |')
     return 0
+
+
+def _print_fp32_table(infos: dict, samples: dict) -> None:
+    """The table without bf16 forms (a CPU where oneDNN has no bf16): int8 against fp32 eager and compiled."""
+    print('\n| model | ' + ' | '.join(f'{f} img/s' for f in FORMS_NO_BF16) + ' | int8 / fp32 | int8 / fp32 compiled | '
+          'spread % (int8) | max diff / max logit: int8 | quantize s |')
+    print('|---|' + '---:|' * (len(FORMS_NO_BF16) + 5))
+    for name, info in infos.items():
+        med = {f: statistics.median(samples[(name, f)]) for f in FORMS_NO_BF16}
+        s = samples[(name, 'int8')]
+        cells = [f'{med[f]:.1f}' for f in FORMS_NO_BF16] + [
+            f'{med["int8"] / med["fp32"]:.2f}x', f'{med["int8"] / med["fp32 compiled"]:.2f}x',
+            f'{100 * (max(s) - min(s)) / statistics.median(s):.0f}', f'{info["int8_vs_fp32"]:.3f}',
+            f'{info["quantize_s"]:.0f}']
+        print(f'| {name} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

@@ -14,10 +14,11 @@ its ratio to the official fp32 entry (ratio of medians and median of the per-rep
 
 Entries: official fp32 (and the official deploy form for RepMLPNet, after its ``locality_injection()``); ours fp32,
 ours fp32 deploy form (where the family has one), ours bf16 autocast, ours bf16 deploy form (``--bf16 auto``, the
-default: only where oneDNN has bf16, AVX512 / AMX); ``--plain`` adds ours
-in fp32 without the oneDNN layer paths, ``--compile`` adds ``torch.compile(dynamic=False)`` of the bf16 deploy form
-(minutes of compilation in the warm-up). ``--train`` times a training step instead (train mode: zero_grad, forward,
-cross-entropy, backward; no optimizer step; fp32), for the official model and ours.
+default: only where oneDNN has bf16, AVX512 / AMX); ``--plain`` adds ours in fp32 without the oneDNN layer paths,
+``--int8`` ours in int8 (:func:`mlpvision.quantize.quantize`, compiled; the fastest form on a CPU without bf16
+GEMMs), ``--compile`` ``torch.compile(dynamic=False)`` of the bf16 deploy form (minutes of compilation in the
+warm-up). ``--train`` times a training step instead (train mode: zero_grad, forward, cross-entropy, backward; no
+optimizer step; fp32), for the official model and ours.
 
 Shims, applied in this harness and never in the official files: timm's ``register_model`` is the identity while
 they are imported (their names would otherwise replace mlpvision's in timm's registry); the module
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
                     help='bf16 autocast entries: auto = where oneDNN has bf16 (AVX512 / AMX; on an AVX2-only CPU '
                          "bf16 runs in fallback kernels several times slower than fp32)")
     ap.add_argument('--compile', action='store_true', help='add torch.compile(dynamic=False) of the bf16 deploy form')
+    ap.add_argument('--int8', action='store_true',
+                    help='add ours in int8 (mlpvision.quantize of the deploy form, 32 random calibration images, '
+                         'compiled; not Strip-MLP): the fastest form on a CPU without bf16 GEMMs')
     ap.add_argument('--plain', action='store_true',
                     help="add ours in fp32 without the oneDNN layer paths (set_onednn_linear(False))")
     ap.add_argument('--official-dir', type=Path, default=ROOT / 'benchmarks' / 'official')
@@ -154,6 +158,11 @@ def main(argv: list[str] | None = None) -> None:
             entries.append(('ours_bf16', ours, torch.bfloat16))
         if bf16 and deploy is not None:
             entries.append(('ours_deploy_bf16', deploy, torch.bfloat16))
+        if args.int8:
+            from mlpvision.quantize import quantize
+
+            calib = torch.randn(32, *x_fixture.shape[1:], generator=torch.Generator().manual_seed(2))
+            entries.append(('ours_int8', quantize(ours, calib), None))
         if args.plain:
             entries.append(('ours_plain_fp32', ours, 'plain'))
         if args.compile:
