@@ -561,7 +561,7 @@ def gemm_peaks(threads: int | None = None, size: int = 2048, repeats: int = 5) -
     model's throughput can be judged against what the host's cores can do (figures of one host do not carry to
     another of the same kind: issue 18 measured 2-3x apart).
     """
-    from .layers.fast_linear import linear
+    from .layers.fast_linear import linear, onednn_bf16_supported
 
     old = torch.get_num_threads()
     if threads:
@@ -582,7 +582,11 @@ def gemm_peaks(threads: int | None = None, size: int = 2048, repeats: int = 5) -
             peaks = {'gemm_fp32_mm': best(lambda: torch.mm(a, w)),
                      'gemm_fp32_layers': best(lambda: linear(a, w))}
             with torch.autocast('cpu', dtype=torch.bfloat16):
-                peaks['gemm_bf16_layers'] = best(lambda: linear(a, w))
+                if onednn_bf16_supported():
+                    peaks['gemm_bf16_layers'] = best(lambda: linear(a, w))
+                else:  # autocast's fallback kernels, ~7x slower than fp32 (AVX2 host): one timed call tells that
+                    linear(a, w)
+                    peaks['gemm_bf16_layers'] = macs / _time_once(lambda: linear(a, w)) / 1e9
         return peaks
     finally:
         torch.set_num_threads(old)
