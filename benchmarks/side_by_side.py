@@ -151,13 +151,14 @@ def main(argv: list[str] | None = None) -> None:
             entries.append(('ours_deploy_fp32', deploy, None))
         from mlpvision.layers.fast_linear import onednn_bf16_supported
 
-        bf16 = args.bf16 == 'on' or (args.bf16 == 'auto' and onednn_bf16_supported())
-        if not bf16:
-            print(f'# no bf16 entries (--bf16 {args.bf16}; oneDNN has bf16 on this CPU: {onednn_bf16_supported()})')
+        has_bf16 = onednn_bf16_supported()
+        bf16 = args.bf16 == 'on' or (args.bf16 == 'auto' and has_bf16)
         if bf16:
             entries.append(('ours_bf16', ours, torch.bfloat16))
-        if bf16 and deploy is not None:
-            entries.append(('ours_deploy_bf16', deploy, torch.bfloat16))
+            if deploy is not None:
+                entries.append(('ours_deploy_bf16', deploy, torch.bfloat16))
+        else:
+            print(f'# no bf16 entries (--bf16 {args.bf16}; oneDNN has bf16 on this CPU: {has_bf16})')
         if args.int8:
             from mlpvision.quantize import quantize
 

@@ -51,6 +51,7 @@ import torch.nn as nn
 from ._checkpoint import CheckpointError, atomic_save
 from ._reparam import reparameterize
 from .errors import UsageError
+from .layers.fast_linear import onednn_bf16_supported
 
 __all__ = ['QuantizedModel', 'quantize', 'load_quantized', 'calibration_batches', 'SUPPORTED_FAMILIES',
            'FORMAT_VERSION']
@@ -252,7 +253,7 @@ class QuantizedModel(nn.Module):
         self.recipe = recipe
         self._observer_state = observer_state
         self._compile = compile
-        self.bf16 = _native_bf16() if bf16 is None else bool(bf16)
+        self.bf16 = onednn_bf16_supported() if bf16 is None else bool(bf16)
         self._compiled = None
 
     def train(self, mode: bool = True) -> QuantizedModel:
@@ -304,13 +305,6 @@ def int8_dot_products() -> bool:
     """
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, 'get_capabilities') else {}
     return any(caps.get(k, False) for k in ('avx512_vnni', 'avx_vnni', 'amx_int8'))
-
-
-def _native_bf16() -> bool:
-    """Whether oneDNN computes in bf16 on this CPU (:func:`mlpvision.layers.fast_linear.onednn_bf16_supported`)."""
-    from .layers.fast_linear import onednn_bf16_supported
-
-    return onednn_bf16_supported()
 
 
 def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
