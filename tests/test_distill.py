@@ -129,6 +129,25 @@ def test_a_timm_teacher_from_a_state_dict(tmp_path):
                       torch.device('cpu'))
 
 
+def test_a_timm_convnet_trained_by_mlpvision_teaches_and_validates(tmp_path):
+    # issue 13's teacher: a timm convnet trained with `mlpvision train` first, then named by its own checkpoint
+    from mlpvision.engine.inference import load_for_inference
+    teacher_run = fit(make_config(dict(TINY, model='test_resnet', model_kwargs={}, output=str(tmp_path / 't'))))
+    saved = torch.load(teacher_run.last, map_location='cpu', weights_only=True)['mlpvision']
+    assert saved['model_name'] == 'test_resnet' and saved['model_kwargs'] == dict(num_classes=4, in_chans=3)
+    teacher, _ = build_teacher('test_resnet', str(teacher_run.last), list(saved['classes']), 3, (32, 32),
+                               torch.device('cpu'))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(teacher(x), teacher_run.model.eval()(x))
+    loaded = load_for_inference(teacher_run.best)
+    assert loaded.form == 'train' and torch.equal(loaded.model.eval()(x), teacher(x))
+    student = fit(make_config(dict(TINY, output=str(tmp_path / 's'), teacher='test_resnet', distillation='hard',
+                                   teacher_checkpoint=str(teacher_run.last))))
+    assert math.isfinite(float(list(csv.DictReader(open(student.metrics_csv)))[0]['train_loss']))
+    with pytest.raises(UsageError, match=r"unknown model 'resnet19'; closest: .*resnet18.* \(any mlpvision or timm"):
+        fit(make_config(dict(TINY, model='resnet19', model_kwargs={}, output=str(tmp_path / 'x'))))
+
+
 def _cli_error(args, capsys):
     rc = main(['train', *args, '--no-tensorboard', '--no-plot', '--no-progress'])
     lines = capsys.readouterr().err.strip().splitlines()

@@ -27,7 +27,7 @@ from ..data.datasets import DATASETS
 from ..errors import UsageError
 
 __all__ = ['TrainConfig', 'load_recipe', 'find_recipe', 'recipe_dir', 'list_recipes', 'make_config',
-           'scaled_lrs', 'config_fields', 'check_model_name', 'RECIPE_META_KEYS']
+           'scaled_lrs', 'config_fields', 'check_model_name', 'check_trainable_name', 'RECIPE_META_KEYS']
 
 RECIPE_META_KEYS = ('description', 'source', 'sources', 'notes')
 OPTIMIZERS = ('adamw', 'lamb', 'sgd', 'momentum', 'adam', 'lars', 'rmsprop')
@@ -80,7 +80,8 @@ class TrainConfig:
                                       '(default: the run folder)')
     pin_memory: bool = _f(True, 'pin host memory (CUDA only)')
     # model
-    model: str = _f('resmlp_s12', 'a registered mlpvision model (`mlpvision models --names-only`)')
+    model: str = _f('resmlp_s12', 'an mlpvision model (`mlpvision models --names-only`) or any timm model, e.g. '
+                                  'a convnet teacher for --distillation')
     model_kwargs: dict = _f({}, 'extra constructor arguments: KEY=VALUE pairs, values read as Python literals, '
                                 'e.g. embed_dim=128 depth=4')
     drop_rate: float | None = _f(None, "dropout rate (default: the model's)")
@@ -233,6 +234,26 @@ def check_model_name(name: str) -> None:
         close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
         hint = f'; closest: {", ".join(close)}' if close else ''
         raise UsageError(f'unknown model {name!r}{hint} (`mlpvision models --names-only` lists them)')
+
+
+def check_trainable_name(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is an mlpvision or a timm model (``mlpvision train`` takes both).
+
+    timm's models are there so that a convnet teacher for ``--distillation`` can be trained with the same recipe,
+    data and logs as its student (issue 13: "a convnet teacher, trained here first").
+    """
+    import timm
+
+    from ..models import is_model, list_models
+
+    if is_model(name) or timm.is_model(name.split('.', 1)[0]):  # mlpvision registers its models in timm too
+        return
+    ours = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    theirs = [n for n in difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6) if n not in ours]
+    close = (ours + theirs)[:5]
+    hint = f'; closest: {", ".join(close)}' if close else ''
+    raise UsageError(f'unknown model {name!r}{hint} (any mlpvision or timm model name; `mlpvision models '
+                     f'--names-only` and timm.list_models() list them)')
 
 
 def config_fields() -> list[tuple[dataclasses.Field, Any]]:

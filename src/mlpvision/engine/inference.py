@@ -29,7 +29,7 @@ from ..data.datasets import (
 from ..data.loader import create_eval_loader
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..errors import UsageError
-from ..models import create_model
+from ..models import create_model, is_model
 from .checkpoint import load_checkpoint_file
 from .distributed import resolve_device
 from .evaluate import EvalResult, evaluate
@@ -113,12 +113,20 @@ def load_for_inference(
     if img_size is not None and meta is None:
         kwargs.setdefault('img_size', img_size)
 
+    make = create_model
+    if not is_model(model):
+        import timm
+
+        if timm.is_model(model.split('.', 1)[0]):  # a timm model trained by `mlpvision train`: no deploy form
+            def make(name: str, deploy: bool = False, **kw: Any) -> nn.Module:
+                return timm.create_model(name, **kw)
+
     def build(deploy: bool) -> nn.Module:
-        m = create_model(model, deploy=deploy, **kwargs)
+        m = make(model, deploy=deploy, **kwargs)
         rows = _classifier_rows(m, sd)
         if rows is not None and 'num_classes' not in kwargs and rows != m.num_classes:
             kwargs['num_classes'] = rows  # e.g. an official checkpoint fine-tuned on another dataset
-            m = create_model(model, deploy=deploy, **kwargs)
+            m = make(model, deploy=deploy, **kwargs)
         load_weights(m, sd, f'checkpoint {path!r}')
         return m
 

@@ -50,7 +50,7 @@ from ..data.transforms import DataConfig, ToMode, build_transform, resolve_data_
 from ..errors import UsageError
 from ..models import create_model
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
-from .config import TrainConfig, check_model_name, default_output, load_recipe, make_config, scaled_lrs
+from .config import TrainConfig, check_trainable_name, default_output, load_recipe, make_config, scaled_lrs
 from .distill import Distiller, build_teacher
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import EvalResult, autocast_context, evaluate
@@ -312,9 +312,14 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.M
     """The model of ``cfg`` for ``num_classes`` classes and ``in_chans`` channels, and the kwargs that built it.
 
     ``cfg.img_size`` goes to the constructor of a fixed-size model (:func:`takes_img_size`); any other model is
-    simply fed inputs of that size. ``img_size`` in ``cfg.model_kwargs`` is always passed on.
+    simply fed inputs of that size. ``img_size`` in ``cfg.model_kwargs`` is always passed on. A timm model name
+    (not an mlpvision one) is built by ``timm.create_model`` without pretrained weights.
     """
-    check_model_name(cfg.model)
+    import timm
+
+    from ..models import is_model
+
+    check_trainable_name(cfg.model)
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     kwargs.update(num_classes=num_classes, in_chans=in_chans)
     if cfg.drop_rate is not None:
@@ -324,7 +329,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.M
     if cfg.img_size is not None and 'img_size' not in kwargs and takes_img_size(cfg.model):
         kwargs['img_size'] = cfg.img_size
     try:
-        return create_model(cfg.model, **kwargs), kwargs
+        build = create_model if is_model(cfg.model) else timm.create_model
+        return build(cfg.model, **kwargs), kwargs
     except (TypeError, ValueError) as e:  # an unknown argument, or a value the constructor's checks refuse
         raise UsageError(f'model {cfg.model} does not accept these arguments ({e}); check --model-kwargs') from None
 
