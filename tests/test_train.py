@@ -278,3 +278,29 @@ def test_data_in_memory_trains_caches_and_resumes_exactly(tmp_path, monkeypatch)
 def test_data_in_memory_refuses_per_image_augmentations(tmp_path):
     with pytest.raises(UsageError, match=r'--train-crop rrc .*--color-jitter 0.4.*--aa rand'):
         tiny(tmp_path, data_in_memory=True, aa='rand-m9-mstd0.5-inc1')
+
+
+def test_plot_runs_draws_each_run_and_names_an_empty_one(tmp_path):
+    from mlpvision.engine.metrics import METRIC_COLUMNS, plot_runs
+    for name, accs in (('a', (40.0, 55.5)), ('b', (42.0, 51.0))):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / 'metrics.csv', 'w', newline='') as f:
+            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w.writeheader()
+            for epoch, acc in enumerate(accs, 1):
+                w.writerow(dict(epoch=epoch, train_loss=2.0 / epoch, val_loss=1.9 / epoch, val_acc1=acc))
+    figs = []
+    import matplotlib.pyplot as plt
+    monkey_close = plt.close
+    try:
+        plt.close = lambda fig=None: figs.append(fig)  # keep the figure to read its lines back
+        out = plot_runs({'run a': tmp_path / 'a', 'run b': tmp_path / 'b' / 'metrics.csv'}, tmp_path / 'c.png', 't')
+    finally:
+        plt.close = monkey_close
+    assert out == tmp_path / 'c.png' and out.stat().st_size > 1000
+    acc_axis = figs[0].axes[0]
+    assert [ln.get_label() for ln in acc_axis.get_lines()] == ['run a', 'run b']
+    assert list(acc_axis.get_lines()[1].get_ydata()) == [42.0, 51.0]
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(ValueError, match=r"run 'x': no epoch rows in .*empty/metrics.csv"):
+        plot_runs({'x': tmp_path / 'empty'}, tmp_path / 'd.png')

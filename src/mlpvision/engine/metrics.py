@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'plot_curves', 'plot_confusion', 'progress_bar',
-           'write_per_class_csv']
+__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'plot_curves', 'plot_runs', 'plot_confusion',
+           'progress_bar', 'write_per_class_csv']
 
 METRIC_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'train_acc1', 'val_loss', 'val_acc1', 'val_acc5',
                   'ema_val_acc1', 'ema_val_acc5', 'img_per_s', 'epoch_time_s', 'corrupt_skipped')
@@ -107,6 +107,47 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = '') -> Path | None:
+    """Several runs side by side: validation top-1, validation loss and training loss per epoch.
+
+    Args:
+        runs: label -> run folder (holding ``metrics.csv``) or the ``metrics.csv`` itself, in legend order.
+
+    Returns:
+        ``out_png``, or None without matplotlib. Raises ValueError naming a run without epoch rows.
+    """
+    tables = {}
+    for label, path in runs.items():
+        path = Path(path)
+        csv_path = path / 'metrics.csv' if path.is_dir() else path
+        rows = read_metrics(csv_path)
+        if not rows:
+            raise ValueError(f'run {label!r}: no epoch rows in {csv_path} (has it finished an epoch?)')
+        tables[label] = rows
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = (('val_acc1', 'validation top-1 (%)'), ('val_loss', 'validation loss'),
+              ('train_loss', 'training loss (the run\'s own objective)'))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        for label, rows in tables.items():
+            ax.plot(*_floats(rows, key), marker='.', label=label)
+        ax.set(xlabel='epoch', title=name)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
