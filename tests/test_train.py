@@ -61,6 +61,16 @@ def test_recipes_present_and_valid():
     assert (short.dataset, short.train_split, short.val_split) == ('imagefolder', 'train', 'test')
     differ = {k for k, v in full.to_dict().items() if short.to_dict()[k] != v}
     assert differ == {'dataset', 'val_split', 'data_in_memory', 'epochs', 'recipe'}  # train_split: the default
+    # issue 13's other CIFAR-10 recipes see the same data and augmentation as the RepMLP one; the teacher is timm's
+    teacher, student, strip = (make_config(load_recipe(n)) for n in (
+        'convnet_cifar10_teacher', 'resmlp_cifar10_distill', 'stripmlp_cifar10_short'))
+    same = ('dataset', 'train_split', 'val_split', 'data_in_memory', 'img_size', 'crop_pct', 'train_crop', 'hflip',
+            'color_jitter', 'mixup', 'cutmix', 'batch_size')
+    for cfg in (teacher, student, strip):
+        assert [getattr(cfg, k) for k in same] == [getattr(short, k) for k in same], cfg.recipe
+    assert teacher.model == 'resnet10t' and student.distillation == 'none'
+    assert student.model_kwargs == dict(embed_dim=128, depth=6, patch_size=4)
+    assert strip.model_kwargs == dict(embed_dim=40, depths=[1, 1, 2, 1], strip_width=3)
 
 
 def test_overrides_beat_recipe_and_bad_values_are_named():
