@@ -186,6 +186,28 @@ def test_grn_is_its_definition_in_float32_and_close_in_bf16():
     assert (y.float() - ref).abs().max().item() <= 2 ** -6 * ref.abs().max().item()
 
 
+def test_grn_gradient_at_an_all_zero_channel_is_torch_norms_not_nan():
+    # a channel that is zero over the whole map (a 1x1 map after GELU's exact zeros): sqrt'(0) = inf gave NaN
+    # gradients that stopped Strip-MLP training at 32x32; the official torch.norm has gradient 0 there
+    grn = GRN(6)
+    with torch.no_grad():
+        grn.gamma.normal_(generator=_gen())
+        grn.beta.normal_(generator=_gen())
+    for hw in ((1, 1), (3, 4)):
+        x = torch.randn(3, *hw, 6, generator=_gen())
+        x[:, :, :, 2] = 0
+        x[1] = 0  # one sample zero in every channel
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        gx = torch.norm(xb, p=2, dim=(1, 2), keepdim=True)
+        ref = grn.gamma * (xb * (gx / (gx.mean(dim=-1, keepdim=True) + grn.eps))) + grn.beta + xb
+        out = grn(xa)
+        assert torch.equal(out, ref) or (out - ref).abs().max().item() < 1e-6
+        w = torch.randn(out.shape, generator=_gen())
+        (ga,), (gb,) = torch.autograd.grad((out * w).sum(), xa), torch.autograd.grad((ref * w).sum(), xb)
+        assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+        _close(ga, gb)
+
+
 def test_mean_hw_and_autocast_input():
     x = torch.randn(2, 6, 9, 11, generator=_gen())
     assert torch.equal(mean_hw(x), x.mean((2, 3)))

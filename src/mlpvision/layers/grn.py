@@ -7,6 +7,9 @@ import torch.nn as nn
 __all__ = ['GRN']
 
 
+_TINY = torch.finfo(torch.float32).tiny  # the clamp of the sum of squares (see GRN)
+
+
 class GRN(nn.Module):
     """Global Response Normalization on channels-last input (B, H, W, C)::
 
@@ -19,7 +22,11 @@ class GRN(nn.Module):
     so does timm's.
 
     In float32 the L2 norm is the square root of a sum of squares, what the official ``torch.norm`` computes, written
-    out because torch's ``vector_norm`` over non-innermost dims is much slower on CPU (docs/benchmarks.md). Under
+    out because torch's ``vector_norm`` over non-innermost dims is much slower on CPU (docs/benchmarks.md). The sum is
+    clamped at the smallest normal float before the root, so that a channel that is all zeros over the map (common
+    on a 1x1 map, e.g. Strip-MLP's last stage at 32x32, where GELU gives exact zeros below about -5.5) gets the zero
+    gradient ``torch.norm``'s backward gives there, not sqrt's 0 * inf = NaN; the forward values are unchanged (the
+    root of the clamp, 1.1e-19, multiplies a zero map and moves the channel mean far below float resolution). Under
     reduced precision (autocast) the output keeps ``x``'s dtype and no float32 copy of the map is made (see
     :meth:`forward`).
     """
@@ -32,7 +39,7 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or x.dtype not in (torch.bfloat16, torch.float16):
-            gx = x.square().sum((1, 2), keepdim=True).sqrt()  # B, 1, 1, C
+            gx = x.square().sum((1, 2), keepdim=True).clamp_min(_TINY).sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
             return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
@@ -43,7 +50,7 @@ class GRN(nn.Module):
         no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
                        if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
         with no_autocast:
-            gx = x.pow(2).sum((1, 2), keepdim=True).float().sqrt()  # B, 1, 1, C
+            gx = x.pow(2).sum((1, 2), keepdim=True).float().clamp_min(_TINY).sqrt()  # B, 1, 1, C
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             factor = 1 + self.gamma.float() * nx
             return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
