@@ -137,6 +137,7 @@ def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = 
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return None
     panels = (('val_acc1', 'validation top-1 (%)'), ('val_loss', 'validation loss'),
@@ -146,6 +147,7 @@ def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = 
         for label, rows in tables.items():
             ax.plot(*_floats(rows, key), marker='.', label=label)
         ax.set(xlabel='epoch', title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.grid(alpha=0.3)
     axes[0].legend()
     if title:
