@@ -7,9 +7,6 @@ import torch.nn as nn
 __all__ = ['GRN']
 
 
-_TINY = torch.finfo(torch.float32).tiny  # the clamp of the sum of squares (see GRN)
-
-
 class GRN(nn.Module):
     """Global Response Normalization on channels-last input (B, H, W, C)::
 
@@ -39,7 +36,7 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting() or x.dtype not in (torch.bfloat16, torch.float16):
-            gx = x.square().sum((1, 2), keepdim=True).clamp_min(_TINY).sqrt()  # B, 1, 1, C
+            gx = x.square().sum((1, 2), keepdim=True).clamp_min(1.1754943508222875e-38).sqrt()  # B,1,1,C; float32 tiny
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             # gamma * (x * nx) + beta + x in one pass over x: the factor 1 + gamma * nx is only (B, 1, 1, C)
             return torch.addcmul(self.beta, x, 1 + self.gamma * nx)
@@ -50,7 +47,7 @@ class GRN(nn.Module):
         no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
                        if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
         with no_autocast:
-            gx = x.pow(2).sum((1, 2), keepdim=True).float().clamp_min(_TINY).sqrt()  # B, 1, 1, C
+            gx = x.pow(2).sum((1, 2), keepdim=True).float().clamp_min(1.1754943508222875e-38).sqrt()  # as above
             nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
             factor = 1 + self.gamma.float() * nx
             return torch.addcmul(self.beta.to(x.dtype), x, factor.to(x.dtype))
