@@ -83,16 +83,35 @@ def _floats(rows: list[dict[str, str]], key: str) -> tuple[list[int], list[float
     return xs, ys
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -> Path | None:
-    """Loss and accuracy per epoch from ``metrics.csv``; None when matplotlib is missing or there are no rows."""
-    rows = read_metrics(metrics_csv)
-    if not rows:
-        return None
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed), or None when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt: Any, fig: Any, out_png: str | Path, title: str) -> Path:
+    """Title, lay out, write ``out_png`` at 100 dpi and close ``fig``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -> Path | None:
+    """Loss and accuracy per epoch from ``metrics.csv``; None when matplotlib is missing or there are no rows."""
+    rows = read_metrics(metrics_csv)
+    if not rows:
+        return None
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (('train_loss', 'train'), ('val_loss', 'val')):
@@ -107,13 +126,7 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png, title)
 
 
 def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = '') -> Path | None:
@@ -133,13 +146,10 @@ def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = 
         if not rows:
             raise ValueError(f'run {label!r}: no epoch rows in {csv_path} (has it finished an epoch?)')
         tables[label] = rows
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
+    from matplotlib.ticker import MaxNLocator
     panels = (('val_acc1', 'validation top-1 (%)'), ('val_loss', 'validation loss'),
               ('train_loss', 'training loss (the run\'s own objective)'))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
@@ -150,13 +160,7 @@ def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
         ax.grid(alpha=0.3)
     axes[0].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save(plt, fig, out_png, title)
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | Path, title: str = '',
@@ -166,11 +170,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], out_png: str | P
     n = confusion.shape[0]
     if n > max_classes:
         return None
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     cm = confusion.double()
     norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
