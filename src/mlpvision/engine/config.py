@@ -236,8 +236,9 @@ def check_model_name(name: str) -> None:
         raise UsageError(f'unknown model {name!r}{hint} (`mlpvision models --names-only` lists them)')
 
 
-def check_trainable_name(name: str) -> None:
-    """Raise :class:`UsageError` unless ``name`` is an mlpvision or a timm model (``mlpvision train`` takes both).
+def check_trainable_name(name: str, role: str = 'model') -> None:
+    """Raise :class:`UsageError` unless ``name`` is an mlpvision or a timm model (``mlpvision train`` takes both, for
+    the model and for ``--teacher``; ``role`` names which in the message).
 
     timm's models are there so that a convnet teacher for ``--distillation`` can be trained with the same recipe,
     data and logs as its student (issue 13: "a convnet teacher, trained here first").
@@ -252,7 +253,7 @@ def check_trainable_name(name: str) -> None:
     theirs = [n for n in difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6) if n not in ours]
     close = (ours + theirs)[:5]
     hint = f'; closest: {", ".join(close)}' if close else ''
-    raise UsageError(f'unknown model {name!r}{hint} (any mlpvision or timm model name; `mlpvision models '
+    raise UsageError(f'unknown {role} {name!r}{hint} (any mlpvision or timm model name; `mlpvision models '
                      f'--names-only` and timm.list_models() list them)')
 
 

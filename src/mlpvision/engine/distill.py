@@ -35,7 +35,6 @@ on the student's inputs (the same size and normalisation).
 """
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any
 
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from .._checkpoint import CheckpointError, load_weights, unwrap_state_dict
 from ..errors import UsageError
 from .checkpoint import load_checkpoint_file
+from .config import check_trainable_name
 
 __all__ = ['distillation_loss', 'Distiller', 'build_teacher']
 
@@ -95,15 +95,6 @@ class Distiller:
         return distillation_loss(base_loss, student_logits, teacher_logits, self.kind, self.alpha, self.tau)
 
 
-def _unknown_teacher(name: str) -> UsageError:
-    import timm
-
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f'; closest: {", ".join(close)}' if close else ''
-    return UsageError(f'unknown teacher model {name!r}{hint} (any mlpvision or timm model name; `mlpvision models '
-                      f'--names-only` and timm.list_models() list them)')
-
-
 def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int, img_size: tuple[int, int],
                   device: torch.device, channels_last: bool = False) -> tuple[nn.Module, str]:
     """The teacher ``name`` with the weights of ``checkpoint``, frozen, in eval mode on ``device``.
@@ -128,8 +119,7 @@ def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int,
     from ..models import create_model, is_model
 
     base = name.split('.', 1)[0]
-    if not timm.is_model(base):  # mlpvision registers its models in timm: one list for both
-        raise _unknown_teacher(name)
+    check_trainable_name(name, 'teacher model')
     obj = load_checkpoint_file(checkpoint)
     meta = obj.get('mlpvision') if isinstance(obj.get('mlpvision'), dict) else None
     sd = unwrap_state_dict(obj)
