@@ -39,6 +39,17 @@ def test_unknown_model_names_close_matches():
         mlpvision.create_model('resmlp_s13')
 
 
+def test_create_any_model_takes_ours_first_then_timm():
+    from mlpvision.models import create_any_model
+
+    ours = create_any_model('resmlp_s12', num_classes=3, embed_dim=48, depth=1, patch_size=16, device='meta')
+    assert type(ours).__module__ == 'mlpvision.models.resmlp' and ours.num_classes == 3
+    theirs = create_any_model('resnet10t', num_classes=3, deploy=True)  # no deploy form in timm: dropped
+    assert type(theirs).__module__ == 'timm.models.resnet' and theirs.num_classes == 3
+    with pytest.raises(ValueError, match=r"Unknown mlpvision model 'resmlp_s13'.*resmlp_s12"):
+        create_any_model('resmlp_s13')
+
+
 @pytest.mark.parametrize('name', ALL)
 def test_param_count_and_macs(name):
     meta = model_meta(name)

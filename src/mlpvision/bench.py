@@ -260,7 +260,7 @@ class _Bench:
 
         from ._profile import profile
         from ._reparam import reparameterize
-        from .models import create_model, model_family, model_meta
+        from .models import create_any_model, model_family, model_meta
 
         self.name, self.source, self.s = name, source, s
         self.device = torch.device(s.device)
@@ -272,7 +272,7 @@ class _Bench:
         kwargs = dict(s.model_kwargs) if source == 'mlpvision' else {}
         if self.input_size != default_size and cfg is not None and cfg.fixed_input_size:
             kwargs.setdefault('img_size', self.input_size[1:])  # fixed-size models are built for their input
-        model = create_model(name, **kwargs) if source == 'mlpvision' else timm.create_model(name, **kwargs)
+        model = create_any_model(name, **kwargs)  # source: ours if the name is ours, else timm's
         self.num_classes = getattr(model, 'num_classes', 0)
         self.family = model_family(name) if source == 'mlpvision' else 'timm'
         self.meta = model_meta(name) if source == 'mlpvision' and not s.model_kwargs else None

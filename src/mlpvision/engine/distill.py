@@ -113,10 +113,9 @@ def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int,
             teacher does not take.
         CheckpointError: the file cannot be read or does not fit the model.
     """
-    import timm
     from timm.models import get_pretrained_cfg
 
-    from ..models import create_model, is_model
+    from ..models import create_any_model, is_model
 
     base = name.split('.', 1)[0]
     check_trainable_name(name, 'teacher model')
@@ -145,7 +144,7 @@ def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int,
         # the teacher's random initialisation (overwritten at once) must not draw from the run's RNG stream, so that
         # a distilled run sees the augmentations, mixing and drop-path draws of the same run without a teacher
         with torch.random.fork_rng(devices=[]):
-            teacher = create_model(name, **kwargs) if is_model(base) else timm.create_model(name, **kwargs)
+            teacher = create_any_model(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(f'teacher {name} cannot be built with {kwargs} ({e})') from None
     load_weights(teacher, sd, f'teacher checkpoint {checkpoint!r}')

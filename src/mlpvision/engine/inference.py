@@ -29,7 +29,7 @@ from ..data.datasets import (
 from ..data.loader import create_eval_loader
 from ..data.transforms import DataConfig, build_transform, resolve_data_config
 from ..errors import UsageError
-from ..models import create_model, is_model
+from ..models import create_any_model
 from .checkpoint import load_checkpoint_file
 from .distributed import resolve_device
 from .evaluate import EvalResult, evaluate
@@ -113,13 +113,7 @@ def load_for_inference(
     if img_size is not None and meta is None:
         kwargs.setdefault('img_size', img_size)
 
-    make = create_model
-    if not is_model(model):
-        import timm
-
-        if timm.is_model(model.split('.', 1)[0]):  # a timm model trained by `mlpvision train`: no deploy form
-            def make(name: str, deploy: bool = False, **kw: Any) -> nn.Module:
-                return timm.create_model(name, **kw)
+    make = create_any_model  # a timm model trained by `mlpvision train` too (no deploy form)
 
     def build(deploy: bool) -> nn.Module:
         m = make(model, deploy=deploy, **kwargs)

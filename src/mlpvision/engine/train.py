@@ -48,7 +48,7 @@ from ..data.loader import create_eval_loader, create_train_loader, set_loader_ep
 from ..data.memory import BatchAugment, InMemoryLoader, decode_images
 from ..data.transforms import DataConfig, ToMode, build_transform, resolve_data_config
 from ..errors import UsageError
-from ..models import create_model
+from ..models import create_any_model
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .config import TrainConfig, check_trainable_name, default_output, load_recipe, make_config, scaled_lrs
 from .distill import Distiller, build_teacher
@@ -313,12 +313,8 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.M
 
     ``cfg.img_size`` goes to the constructor of a fixed-size model (:func:`takes_img_size`); any other model is
     simply fed inputs of that size. ``img_size`` in ``cfg.model_kwargs`` is always passed on. A timm model name
-    (not an mlpvision one) is built by ``timm.create_model`` without pretrained weights.
+    (not an mlpvision one) is built by ``timm.create_model`` without pretrained weights (:func:`create_any_model`).
     """
-    import timm
-
-    from ..models import is_model
-
     check_trainable_name(cfg.model)
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     kwargs.update(num_classes=num_classes, in_chans=in_chans)
@@ -329,8 +325,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> tuple[nn.M
     if cfg.img_size is not None and 'img_size' not in kwargs and takes_img_size(cfg.model):
         kwargs['img_size'] = cfg.img_size
     try:
-        build = create_model if is_model(cfg.model) else timm.create_model
-        return build(cfg.model, **kwargs), kwargs
+        return create_any_model(cfg.model, **kwargs), kwargs
     except (TypeError, ValueError) as e:  # an unknown argument, or a value the constructor's checks refuse
         raise UsageError(f'model {cfg.model} does not accept these arguments ({e}); check --model-kwargs') from None
 

@@ -3,6 +3,7 @@ from ._base import BackboneBase, IsotropicNet, PyramidNet, check_input
 from ._registry import (
     ModelMeta,
     Weights,
+    create_any_model,
     create_model,
     is_model,
     list_models,

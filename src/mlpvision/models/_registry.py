@@ -39,7 +39,8 @@ from .._checkpoint import (
 )
 from ..errors import UsageError
 
-__all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'model_entrypoint',
+__all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'create_any_model',
+           'model_entrypoint',
            'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights', 'pretrained_weights',
            'list_pretrained']
 
@@ -159,6 +160,21 @@ def create_model(
 
 
 _FEATURE_ARGS = ('features_only', 'out_indices', 'feature_cls')  # what timm's build_model_with_cfg takes for itself
+
+
+def create_any_model(name: str | os.PathLike, **kwargs) -> nn.Module:
+    """An mlpvision model through :func:`create_model`, or else a timm model through ``timm.create_model``.
+
+    For the commands that take either registry's names: ``mlpvision train --model`` and ``--teacher``, ``validate``
+    and ``predict`` of a checkpoint such a run wrote, ``bench --baseline``. Our names (and folders written by
+    ``mlpvision convert``) go to :func:`create_model`, as does a name neither registry knows, so that its error
+    lists our closest names. timm's models have no deploy form: ``deploy`` is dropped for them.
+    """
+    name = os.fspath(name)
+    if is_model(name) or not timm.is_model(name.split('.', 1)[0]):
+        return create_model(name, **kwargs)
+    kwargs.pop('deploy', None)
+    return timm.create_model(name, **kwargs)
 
 
 def build_model(cls: type[nn.Module], variant: str, pretrained: bool = False, feature_cfg: dict | None = None,
