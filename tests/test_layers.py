@@ -143,6 +143,21 @@ def test_grouped_linear_is_the_grouped_1x1_conv(groups):
     _close(nobias(x.reshape(5, groups, 32 // groups)), ref)
 
 
+@pytest.mark.parametrize('batch', [4, 64])  # 4: weight larger than the activations, computed as y^T = W x^T
+@pytest.mark.parametrize('bias', [True, False])
+def test_grouped_linear_gradients_are_the_grouped_1x1_convs(batch, bias):
+    fc = GroupedLinear(32, 32, 2, bias=bias)
+    x = torch.randn(batch, 32, generator=_gen(), requires_grad=True)
+    grad = torch.randn(batch, 2, 16, generator=_gen())
+    ref = F.conv2d(x[:, :, None, None], fc.weight, fc.bias, groups=2).reshape(batch, 2, 16)
+    ref_grads = torch.autograd.grad(ref, [x, fc.weight] + ([fc.bias] if bias else []), grad)
+    out = fc(x.reshape(batch, 2, 16))
+    grads = torch.autograd.grad(out, [x, fc.weight] + ([fc.bias] if bias else []), grad)
+    _close(out, ref)
+    for g, r in zip(grads, ref_grads, strict=True):
+        _close(g, r)
+
+
 class _Mixer(ProjectedMixer):
     proj_name = 'out'
 
