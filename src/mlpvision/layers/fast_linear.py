@@ -225,11 +225,12 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     m = weight.shape[1]
     if g == 1:
         return linear(x.reshape(n, k), weight.reshape(m, k), None if bias is None else bias.reshape(m)).reshape(n, 1, m)
-    if weight.requires_grad and torch.is_grad_enabled() and n * (m + k) < m * k:
+    if weight.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing() and n * (m + k) < m * k:
         # training with a weight larger than the activations (RepMLP's last stage: N = batch, 2 x 2048 x 2048): as
         # y^T = W x^T, whose weight gradient comes out in the weight's own (G, M, K) layout; written as x W^T
         # below, autograd returns it as (G, K, M) and transposes it into the (G, M, K) gradient, a strided copy of
-        # the whole weight that took longer than the product itself (benchmarks/profile_train_step.py)
+        # the whole weight that took longer than the product itself (benchmarks/profile_train_step.py). Not while
+        # torch.jit.trace records: its check traces again with gradients off, and the two graphs must be the same
         xt = x.permute(1, 2, 0)  # G, K, N
         y = torch.bmm(weight, xt) if bias is None else torch.baddbmm(bias.reshape(g, m, 1), weight, xt)  # G, M, N
         return y.permute(2, 0, 1)  # N, G, M
