@@ -113,14 +113,12 @@ def load_for_inference(
     if img_size is not None and meta is None:
         kwargs.setdefault('img_size', img_size)
 
-    make = create_any_model  # a timm model trained by `mlpvision train` too (no deploy form)
-
-    def build(deploy: bool) -> nn.Module:
-        m = make(model, deploy=deploy, **kwargs)
+    def build(deploy: bool) -> nn.Module:  # a timm model trained by `mlpvision train` too (it has no deploy form)
+        m = create_any_model(model, deploy=deploy, **kwargs)
         rows = _classifier_rows(m, sd)
         if rows is not None and 'num_classes' not in kwargs and rows != m.num_classes:
             kwargs['num_classes'] = rows  # e.g. an official checkpoint fine-tuned on another dataset
-            m = make(model, deploy=deploy, **kwargs)
+            m = create_any_model(model, deploy=deploy, **kwargs)
         load_weights(m, sd, f'checkpoint {path!r}')
         return m
 

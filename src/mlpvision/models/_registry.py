@@ -40,9 +40,8 @@ from .._checkpoint import (
 from ..errors import UsageError
 
 __all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'create_any_model',
-           'model_entrypoint',
-           'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights', 'pretrained_weights',
-           'list_pretrained']
+           'model_entrypoint', 'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights',
+           'pretrained_weights', 'list_pretrained']
 
 _MODEL_NAMES: dict[str, str] = {}  # name -> family (module file name)
 
