@@ -77,7 +77,7 @@ def test_teacher_stays_frozen_in_eval_mode_and_sees_every_batch(tmp_path, teache
     threads = torch.get_num_threads()
     try:
         ctx = build_context(cfg, init_distributed(cfg.device), progress=False)
-        teacher = ctx.distiller.teacher
+        teacher = ctx.task.distiller.teacher
         before = {k: v.clone() for k, v in teacher.state_dict().items()}
         student_before = {k: v.clone() for k, v in ctx.state.model.state_dict().items()}
         seen = []

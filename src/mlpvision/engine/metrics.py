@@ -41,13 +41,15 @@ class MetricsLog:
     """Appends epoch rows to ``metrics.csv`` (and TensorBoard); on resume, rows of epochs not yet finished in the
     checkpoint are dropped so no epoch appears twice."""
 
-    def __init__(self, output_dir: str | Path, resume_epoch: int = 0, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, resume_epoch: int = 0, tensorboard: bool = True,
+                 columns: Iterable[str] = METRIC_COLUMNS) -> None:
         self.path = Path(output_dir) / 'metrics.csv'
+        self.columns = tuple(columns)
         rows = [r for r in read_metrics(self.path) if int(r['epoch']) <= resume_epoch] if resume_epoch else []
         with open(self.path, 'w', newline='') as f:
-            w = csv.DictWriter(f, METRIC_COLUMNS)
+            w = csv.DictWriter(f, self.columns)
             w.writeheader()
-            w.writerows({k: r.get(k, '') for k in METRIC_COLUMNS} for r in rows)
+            w.writerows({k: r.get(k, '') for k in self.columns} for r in rows)
         self.tb = None
         if tensorboard:
             try:
@@ -62,7 +64,7 @@ class MetricsLog:
                 return ''
             return f'{v:.6g}' if isinstance(v, float) else str(v)
         with open(self.path, 'a', newline='') as f:
-            csv.DictWriter(f, METRIC_COLUMNS).writerow({k: fmt(row.get(k)) for k in METRIC_COLUMNS})
+            csv.DictWriter(f, self.columns).writerow({k: fmt(row.get(k)) for k in self.columns})
         if self.tb is not None:
             for k, v in row.items():
                 if k not in ('epoch', 'step') and isinstance(v, (int, float)) and not math.isnan(v):
