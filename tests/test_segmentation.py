@@ -293,7 +293,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch):
     real_poly = seg.poly_lr
 
     def interrupt_at_step_4(step, *args, **kwargs):
-        if step == 4:  # epoch 2, step 2 of 3: the handler asks to stop after this step
+        if step == 4:  # the rate of step 5 is set after step 4 (epoch 2, step 1 of 3): the loop stops after it
             signal.raise_signal(signal.SIGINT)
         return real_poly(step, *args, **kwargs)
 
@@ -302,7 +302,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch):
         fit_seg(SegConfig(output=str(tmp_path / 'b'), **cfg))
     monkeypatch.setattr(seg, 'poly_lr', real_poly)
     ckpt = torch.load(tmp_path / 'b' / 'last.pth', weights_only=True)
-    assert (ckpt['epoch'], ckpt['step_in_epoch']) == (1, 2)
+    assert (ckpt['epoch'], ckpt['step_in_epoch']) == (1, 1)
     resumed = fit_seg(seg.resolve_seg_config(dict(resume='auto', output=str(tmp_path / 'b')))).model.state_dict()
     for k, v in straight.items():
         torch.testing.assert_close(resumed[k], v, rtol=0, atol=0, msg=k)

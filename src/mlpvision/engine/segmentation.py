@@ -12,11 +12,9 @@ Metrics (mmseg's ``mean_iou``): a confusion matrix over the pixels not ignored, 
 mIoU the mean over classes present in the labels or the predictions (NaN classes left out), pixel accuracy
 (mmseg's ``aAcc``) = correct / labelled pixels, per-class accuracy = TP / labelled pixels of the class.
 
-Reused from image classification training (:mod:`mlpvision.engine.train`): the loaders whose order is a function of
-(seed, epoch), the checkpoint helpers (atomic writes, every RNG saved, ``weights_only`` loading), SIGINT / SIGTERM
-stopping at a step boundary with a resumable checkpoint, the distributed set-up (one process per device, ``torchrun``)
-and the bf16 autocast. A resumed run (``--resume``) continues bit-exactly where it stopped on the same machine and
-process count (tests/test_segmentation.py).
+Training runs through the one run loop (:mod:`mlpvision.engine.run`: resume, signals, checkpoints, metrics.csv,
+DDP, AMP, EMA, gradient clipping) as :class:`SegmentTask`; a resumed run (``--resume``) continues bit-exactly where it
+stopped on the same machine and process count (tests/test_segmentation.py).
 """
 from __future__ import annotations
 
@@ -25,9 +23,6 @@ import dataclasses
 import logging
 import math
 import os
-import shlex
-import signal
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,25 +33,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checkpoint import load_weights
-from ..data.loader import create_eval_loader, create_train_loader, set_loader_epoch, steps_per_epoch
+from ..data.loader import create_eval_loader, create_train_loader
 from ..data.segmentation import SegEvalTransform, SegTrainTransform, build_seg_dataset
 from ..errors import UsageError
-from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
-from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
+from .checkpoint import load_checkpoint_file
+from .distributed import DistInfo, all_reduce_sum
 from .evaluate import autocast_context
-from .metrics import _floats, read_metrics
-from .train import NonFiniteLossError, TrainingInterrupted, _amp_dtype, _StopRequest, available_cores
+from .metrics import _floats, _pyplot, _save, read_metrics
+from .run import Run, StepOutput, Task, resumed_options
+from .run import fit as fit_task
 
 __all__ = ['SegConfig', 'SegMetrics', 'confusion_matrix', 'seg_metrics', 'build_seg_model', 'poly_lr',
            'slide_inference', 'predict_logits', 'evaluate_seg', 'fit_seg', 'SegResult', 'model_from_checkpoint',
-           'resolve_seg_config', 'plot_seg_curves', 'write_per_class']
+           'resolve_seg_config', 'plot_seg_curves', 'write_per_class', 'SegmentTask', 'PolyLR']
 
 _logger = logging.getLogger('mlpvision.segmentation')
 
 
 @dataclass
 class SegConfig:
-    """Every option of ``mlpvision train-seg`` (defaults: the AS-MLP ADE20K config where it has one)."""
+    """Every option of ``mlpvision train --task segment`` (defaults: the AS-MLP ADE20K config where it has one)."""
+    model: str = 'upernet'  # the head (UperNet, the AS-MLP / Hire-MLP segmentation configs' decoder)
     backbone: str = 'as_mlp_tiny'
     model_kwargs: dict = field(default_factory=dict)
     pyramid: str = 'auto'  # auto: mlpvision.dense.backbone for mlpvision models; timm: features_only for all
@@ -98,6 +95,26 @@ class SegConfig:
     device: str = 'auto'
     threads: int | None = None
     sync_bn: bool = False
+    clip_grad: float | None = None
+    clip_mode: str = 'norm'
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False
+    log_seconds: float = 60.0
+    progress: bool | None = None
+    plot: bool = True
+    tensorboard: bool = True
+    deterministic: bool = False
+    compile: bool = False
+    channels_last: bool = False
+
+    def validate(self) -> SegConfig:
+        """Raise UsageError naming the first bad value and what is allowed."""
+        _check(self)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 # --- metrics ------------------------------------------------------------------------------------------------------
@@ -282,10 +299,14 @@ class SegResult:
     model: nn.Module
 
 
-_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'val_miou', 'val_pixel_acc', 'img_per_s', 'epoch_time_s', 'wall_s')
+_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'val_miou', 'val_pixel_acc', 'ema_val_miou', 'ema_val_pixel_acc',
+            'img_per_s', 'epoch_time_s', 'wall_s')
 
 
 def _check(cfg: SegConfig) -> None:
+    if cfg.model != 'upernet':
+        raise UsageError(f"--model {cfg.model!r}: segmentation trains 'upernet' on the --backbone (the AS-MLP and "
+                         f"Hire-MLP segmentation configs' decoder)")
     if cfg.amp not in ('none', 'bf16', 'fp16'):
         raise UsageError(f"--amp {cfg.amp!r}: use 'none', 'bf16' or 'fp16'")
     if cfg.eval_mode not in ('whole', 'slide'):
@@ -302,243 +323,157 @@ def _check(cfg: SegConfig) -> None:
                          '<split>/images and <split>/masks)')
 
 
-def _output(cfg: SegConfig, info: DistInfo) -> Path:
-    if cfg.resume:
-        out = Path(cfg.output) if cfg.output else Path(cfg.resume).parent
-    else:
-        if not cfg.output:
-            raise UsageError('--output is required (the run folder)')
-        out = Path(cfg.output)
-        if (out / 'last.pth').exists() and not cfg.overwrite:
-            raise UsageError(f'{str(out)!r} already holds a run (last.pth); pass --resume auto to continue it, '
-                             f'--overwrite to start it again, or another --output')
-    barrier(info)
-    if info.primary:
-        out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def resume_path(resume: str, output: str) -> Path | None:
-    if not resume:
-        return None
-    path = Path(output) / 'last.pth' if resume == 'auto' else Path(resume)
-    if not path.is_file():
-        raise UsageError(f'--resume {resume}: no checkpoint at {str(path)!r}' +
-                         ('; pass --output (the run folder) with --resume auto' if resume == 'auto' else ''))
-    return path
-
-
 def resolve_seg_config(overrides: dict) -> SegConfig:
     """Defaults < the resumed checkpoint's configuration < ``overrides`` (the flags given)."""
-    base: dict[str, Any] = {}
-    path = resume_path(overrides.get('resume', ''), overrides.get('output', ''))
-    if path is not None:
-        meta = load_checkpoint_file(path).get('mlpvision') or {}
-        base = dict(meta.get('config') or {})
-        base.pop('resume', None)
-        base.pop('overwrite', None)
+    overrides = {k: v for k, v in overrides.items() if v is not None and v != ''}
+    base, meta = resumed_options(overrides)
+    if base is not None and meta.get('task') != 'segmentation':
+        raise UsageError(f'{overrides["resume"]!r} is not a segmentation run; resume it with mlpvision train '
+                         f'--resume auto --output {overrides["output"]} (the task is read from the checkpoint)')
     names = {f.name for f in dataclasses.fields(SegConfig)}
     unknown = set(overrides) - names
     if unknown:
         raise UsageError(f'unknown segmentation options {sorted(unknown)}')
-    return SegConfig(**{**{k: v for k, v in base.items() if k in names}, **overrides})
+    return SegConfig(**{**{k: v for k, v in (base or {}).items() if k in names}, **overrides})
 
 
-def _threads(cfg: SegConfig) -> int:
-    if cfg.threads:
-        return cfg.threads
-    if os.environ.get('OMP_NUM_THREADS'):
-        return torch.get_num_threads()
-    share = max(1, available_cores() // max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1') or 1)))
-    return max(1, share - cfg.workers)
+class PolyLR:
+    """mmcv's poly schedule with linear warm-up (:func:`poly_lr`), set on every parameter group at each step; a
+    function of the step alone, so it has no state to save."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total: int, cfg: SegConfig) -> None:
+        self.optimizer, self.total, self.cfg = optimizer, total, cfg
+
+    def step_update(self, step: int) -> None:
+        c = self.cfg
+        lr = poly_lr(step, self.total, c.lr, c.poly_power, c.min_lr, c.warmup_steps, c.warmup_ratio)
+        for g in self.optimizer.param_groups:
+            g['lr'] = lr
 
 
-def fit_seg(cfg: SegConfig) -> SegResult:
-    """Train UperNet as ``cfg`` says; the run folder gets last.pth, best.pth, metrics.csv, per_class.csv,
-    confusion.csv and curves.png.
+class SegmentTask(Task):
+    """Semantic segmentation: UperNet on a pyramid backbone, cross-entropy on the decode head plus the auxiliary
+    head's, mIoU; best.pth by validation mIoU."""
+    name = 'segment'
+    columns = _COLUMNS
+    score = 'val_miou'
+    score_label = 'mIoU'
+
+    cfg: SegConfig
+    final: SegMetrics | None = None
+
+    def setup(self, run: Run) -> None:
+        cfg, info = self.cfg, run.info
+        train_tf = SegTrainTransform(cfg.base_size, tuple(cfg.crop), tuple(cfg.ratio_range), cfg.hflip,
+                                     cfg.photometric, cfg.ignore_index)
+        train_data = build_seg_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, cfg.num_classes,
+                                       cfg.ignore_index, train_tf)
+        val_data = build_seg_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, cfg.num_classes, cfg.ignore_index,
+                                     SegEvalTransform(cfg.base_size))
+        self.classes = train_data.classes
+        self.palette = train_data.palette
+        if len(train_data.dataset) < cfg.batch_size * info.world_size:
+            raise UsageError(f'{len(train_data.dataset)} training images is fewer than one batch of '
+                             f'{cfg.batch_size * info.world_size}; lower --batch-size')
+        torch.manual_seed(cfg.seed)  # one initialisation on every process (DDP would broadcast rank 0's anyway)
+        self.model = build_seg_model(cfg.backbone, len(self.classes), cfg.channels, cfg.aux_channels,
+                                     cfg.aux_weight > 0, cfg.model_kwargs, cfg.pyramid)
+        torch.manual_seed(cfg.seed + info.rank)  # then each process its own dropout, drop path and augmentations
+        self.train_loader = create_train_loader(train_data.dataset, cfg.batch_size, cfg.seed, info.rank,
+                                                info.world_size, num_workers=cfg.workers)
+        self.val_loader = create_eval_loader(val_data.dataset, cfg.val_batch_size, info.rank, info.world_size,
+                                             num_workers=cfg.workers)
+        self.val_loader.collate_fn = _collate_eval
+        self.val_data = val_data
+        self.train_size, self.val_size = len(train_data.dataset), len(val_data.dataset)
+        self.description = f'UperNet({cfg.backbone}), {len(self.classes)} classes'
+        self.ce = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index)
+
+    def optimizer(self, run: Run, model: nn.Module) -> tuple[torch.optim.Optimizer, Any, str]:
+        cfg = self.cfg
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        text = (f'optimizer: AdamW lr {cfg.lr:g}, weight decay {cfg.weight_decay:g} (none on norms), poly power '
+                f'{cfg.poly_power:g} over {run.steps * cfg.epochs} steps after {cfg.warmup_steps} warm-up steps')
+        return optimizer, PolyLR(optimizer, run.steps * cfg.epochs, cfg), text
+
+    def loss(self, run: Run, batch: Any) -> StepOutput:
+        x, y = batch[0].to(run.info.device), batch[1].to(run.info.device)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs = run.model(x)
+        loss = self.ce(outs['out'].float(), y)
+        if 'aux' in outs:
+            loss = loss + self.cfg.aux_weight * self.ce(outs['aux'].float(), y)
+        return StepOutput(loss, len(x))
+
+    def preflight(self, run: Run) -> None:
+        """The first validation image through the evaluation path (its size against the backbone's input policy),
+        and its mask's values against the classes, before the first step."""
+        cfg = self.cfg
+        if not len(self.val_data.dataset):
+            raise UsageError(f'the {cfg.val_split!r} split of {cfg.data_dir} has no images; pass --val-split')
+        x, y = self.val_data.dataset[0]
+        bad = sorted(set(torch.unique(y).tolist()) - set(range(len(self.classes))) - {cfg.ignore_index})
+        if bad:
+            raise UsageError(f'validation mask values {bad[:5]} are neither class ids 0..{len(self.classes) - 1} nor '
+                             f'--ignore-index {cfg.ignore_index}; fix the masks or pass --num-classes / --ignore-index')
+        model = run.state.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast_context(run.info.device, run.amp_dtype):
+                predict_logits(model, x[None].to(run.info.device), len(self.classes), cfg.eval_mode,
+                               cfg.slide_crop, cfg.slide_stride)
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f'evaluation at {tuple(x.shape[1:])} ({cfg.eval_mode}) fails for backbone '
+                             f'{cfg.backbone}: {str(e).splitlines()[0]}; change --base-size or --eval-mode') from None
+        finally:
+            model.train(was_training)
+
+    def evaluate(self, run: Run, model: nn.Module, desc: str) -> dict[str, Any]:
+        cfg = self.cfg
+        self.final = evaluate_seg(model, self.val_loader, len(self.classes), cfg.ignore_index, run.info.device,
+                                  cfg.eval_mode, cfg.slide_crop, cfg.slide_stride, run.amp_dtype, run.info,
+                                  self.classes)
+        return dict(val_miou=self.final.miou, val_pixel_acc=self.final.pixel_acc)
+
+    def after_evaluate(self, run: Run, row: dict[str, Any], best: bool) -> None:
+        write_per_class(run.output, self.final)
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        if 'val_miou' not in row:
+            return ''
+        ema = f'  EMA mIoU {row["ema_val_miou"]:.2f}' if 'ema_val_miou' in row else ''
+        return f'val mIoU {row["val_miou"]:.2f} pixel acc {row["val_pixel_acc"]:.2f}{ema}'
+
+    def meta(self) -> dict:
+        return _model_meta(self.cfg, self.classes, self.palette)
+
+    def resolved(self) -> dict:
+        return dict(num_classes=len(self.classes), classes=list(self.classes))
+
+    def start_lines(self, run: Run) -> list[str]:
+        c = self.cfg
+        return [f'data: {c.dataset} {c.data_dir}, {self.train_size} training / {self.val_size} validation images, '
+                f'{len(self.classes)} classes, ignore index {c.ignore_index}',
+                f'augmentation: resize to short side {c.base_size} x ratio {c.ratio_range[0]:g}-{c.ratio_range[1]:g}, '
+                f'crop {c.crop[0]}x{c.crop[1]}, hflip {c.hflip:g}, photometric {"on" if c.photometric else "off"}; '
+                f'evaluation {c.eval_mode}']
+
+    def plot(self, metrics_csv: Path, out_png: Path, title: str) -> Path | None:
+        return plot_seg_curves(metrics_csv, out_png, title)
+
+
+def fit_seg(cfg: SegConfig, progress: bool | None = None) -> SegResult:
+    """Train UperNet as ``cfg`` says; the run folder gets config.yaml, last.pth, best.pth, metrics.csv,
+    per_class.csv, confusion.csv and curves.png.
 
     Raises:
         TrainingInterrupted: SIGINT / SIGTERM; last.pth was saved at the next step boundary.
     """
-    _check(cfg)
-    info = init_distributed(cfg.device)
-    saved_threads = torch.get_num_threads()
-    torch.set_num_threads(_threads(cfg))
-    try:
-        return _fit(cfg, info)
-    finally:
-        torch.set_num_threads(saved_threads)
-        destroy_distributed()
-
-
-def _fit(cfg: SegConfig, info: DistInfo) -> SegResult:
-    t0 = time.perf_counter()
-    out = _output(cfg, info)
-    device = info.device
-    amp_dtype = _amp_dtype(cfg.amp, device)
-    train_tf = SegTrainTransform(cfg.base_size, tuple(cfg.crop), tuple(cfg.ratio_range), cfg.hflip, cfg.photometric,
-                                 cfg.ignore_index)
-    train_data = build_seg_dataset(cfg.dataset, cfg.data_dir, cfg.train_split, cfg.num_classes, cfg.ignore_index,
-                                   train_tf)
-    val_data = build_seg_dataset(cfg.dataset, cfg.data_dir, cfg.val_split, cfg.num_classes, cfg.ignore_index,
-                                 SegEvalTransform(cfg.base_size))
-    classes, nc = train_data.classes, len(train_data.classes)
-    if len(train_data.dataset) < cfg.batch_size * info.world_size:
-        raise UsageError(f'{len(train_data.dataset)} training images is fewer than one batch of '
-                         f'{cfg.batch_size * info.world_size}; lower --batch-size')
-    torch.manual_seed(cfg.seed)  # one initialisation on every process (DDP would broadcast rank 0's anyway)
-    model = build_seg_model(cfg.backbone, nc, cfg.channels, cfg.aux_channels, cfg.aux_weight > 0, cfg.model_kwargs,
-                            cfg.pyramid)
-    if cfg.sync_bn and info.distributed:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    params = sum(p.numel() for p in model.parameters())
-    torch.manual_seed(cfg.seed + info.rank)  # then each process its own dropout, drop path and augmentations
-    train_model: nn.Module = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda'
-                                                          else None)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-    train_loader = create_train_loader(train_data.dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size,
-                                       num_workers=cfg.workers)
-    val_loader = create_eval_loader(val_data.dataset, cfg.val_batch_size, info.rank, info.world_size,
-                                    num_workers=cfg.workers)
-    val_loader.collate_fn = _collate_eval
-    steps = steps_per_epoch(train_loader)
-    total = steps * cfg.epochs
-    meta = _model_meta(cfg, classes, train_data.palette)
-
-    epoch, step_in_epoch, global_step, best, best_epoch, loss_sum, loss_n = 0, 0, 0, -math.inf, 0, 0.0, 0
-    path = resume_path(cfg.resume, str(out))
-    if path is not None:
-        ckpt = load_checkpoint_file(path)
-        load_weights(model, ckpt['model'], f'checkpoint {str(path)!r}')
-        try:
-            optimizer.load_state_dict(ckpt['optimizer'])
-        except (ValueError, KeyError) as e:
-            raise UsageError(f'checkpoint {str(path)!r} cannot resume this run ({e})') from None
-        epoch, step_in_epoch, global_step = ckpt['epoch'], ckpt['step_in_epoch'], ckpt['global_step']
-        best, best_epoch = ckpt['best_miou'], ckpt['best_epoch']
-        loss_sum, loss_n = ckpt['loss_sum'], ckpt['loss_n']
-        rngs = ckpt['rng_per_rank']
-        if len(rngs) != info.world_size or ckpt['steps_per_epoch'] != steps:
-            raise UsageError(f'checkpoint {str(path)!r} was written by {len(rngs)} processes with '
-                             f'{ckpt["steps_per_epoch"]} steps per epoch; resume it with the same process count and '
-                             f'--batch-size')
-        set_rng_state(rngs[info.rank])
-        _logger.info('resumed %s at epoch %d, step %d/%d', path, epoch + 1, step_in_epoch, steps)
-
-    def save_last() -> None:
-        rng = [get_rng_state()]
-        if info.distributed:
-            import torch.distributed as dist
-            rng = [None] * info.world_size
-            dist.all_gather_object(rng, get_rng_state())
-        if info.primary:
-            save_checkpoint(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                                 step_in_epoch=step_in_epoch, global_step=global_step, best_miou=best,
-                                 best_epoch=best_epoch, loss_sum=loss_sum, loss_n=loss_n, steps_per_epoch=steps,
-                                 rng_per_rank=rng, mlpvision=meta), out / 'last.pth')
-
-    csv_path = out / 'metrics.csv'
-    if info.primary:
-        rows = [r for r in read_metrics(csv_path) if int(r['epoch']) <= epoch] if path is not None else []
-        _write_csv(csv_path, rows)
-        _logger.info('train-seg: UperNet(%s), %d classes, %s params; %d train / %d val images, %d steps/epoch x %d '
-                     'epochs, batch %d x %d process(es), crop %s, %d threads, device %s', cfg.backbone, nc,
-                     f'{params:,}', len(train_data.dataset), len(val_data.dataset), steps, cfg.epochs,
-                     cfg.batch_size, info.world_size, cfg.crop, torch.get_num_threads(), device)
-    stop = _StopRequest()
-    final: SegMetrics | None = None
-
-    def stop_if_asked() -> None:
-        signum = stop.requested(info)
-        if signum:
-            save_last()
-            raise TrainingInterrupted(
-                f'stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step_in_epoch}/{steps}; saved '
-                f'{out / "last.pth"}. Resume with: mlpvision train-seg --resume auto --output '
-                f'{shlex.quote(str(out))}', signum)
-
-    ce = nn.CrossEntropyLoss(ignore_index=cfg.ignore_index)
-    with stop:
-        while epoch < cfg.epochs:
-            stop_if_asked()
-            set_loader_epoch(train_loader, epoch, cfg.seed, step_in_epoch)
-            train_model.train()
-            t_epoch, n_img = time.perf_counter(), 0
-            for x, y in train_loader:
-                lr = poly_lr(global_step, total, cfg.lr, cfg.poly_power, cfg.min_lr, cfg.warmup_steps,
-                             cfg.warmup_ratio)
-                for g in optimizer.param_groups:
-                    g['lr'] = lr
-                x, y = x.to(device), y.to(device)
-                with autocast_context(device, amp_dtype):
-                    outs = train_model(x)
-                    loss = ce(outs['out'].float(), y)
-                    if 'aux' in outs:
-                        loss = loss + cfg.aux_weight * ce(outs['aux'].float(), y)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f'the loss is {loss.item()} at step {global_step + 1}; lower --lr or use '
-                                             f'--amp none (last.pth holds the last finite weights)')
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
-                step_in_epoch, global_step, n_img = step_in_epoch + 1, global_step + 1, n_img + len(x)
-                if info.primary and cfg.log_interval and global_step % cfg.log_interval == 0:
-                    _logger.info('epoch %d step %d/%d  loss %.4f  lr %.3g', epoch + 1, step_in_epoch, steps,
-                                 loss_sum / loss_n, lr)
-                if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0:
-                    save_last()
-                stop_if_asked()
-            row: dict[str, Any] = dict(epoch=epoch + 1, step=global_step, lr=lr, train_loss=loss_sum / max(loss_n, 1),
-                                       img_per_s=n_img * info.world_size / max(time.perf_counter() - t_epoch, 1e-9),
-                                       epoch_time_s=time.perf_counter() - t_epoch)
-            _sync_buffers(model, info)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                final = evaluate_seg(model, val_loader, nc, cfg.ignore_index, device, cfg.eval_mode, cfg.slide_crop,
-                                     cfg.slide_stride, amp_dtype, info, classes)
-                row.update(val_miou=final.miou, val_pixel_acc=final.pixel_acc)
-                if info.primary:
-                    write_per_class(out, final)
-                    if final.miou > best:
-                        best, best_epoch = final.miou, epoch + 1
-                        save_checkpoint(dict(model=model.state_dict(), epoch=epoch + 1, miou=best, mlpvision=meta),
-                                        out / 'best.pth')
-            row['wall_s'] = time.perf_counter() - t0
-            if info.primary:
-                _append_csv(csv_path, row)
-                _logger.info('epoch %d/%d: train loss %.4f%s, %.1f img/s', epoch + 1, cfg.epochs, row['train_loss'],
-                             f', val mIoU {final.miou:.2f} pixel acc {final.pixel_acc:.2f}' if 'val_miou' in row
-                             else '', row['img_per_s'])
-                plot_seg_curves(csv_path, out / 'curves.png', f'UperNet({cfg.backbone})')
-            epoch, step_in_epoch, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-            save_last()
-    return SegResult(out, best, best_epoch, final, time.perf_counter() - t0, params, model)
-
-
-def _sync_buffers(model: nn.Module, info: DistInfo) -> None:
-    """Rank 0's BatchNorm statistics on every process. DDP broadcasts buffers before each forward, so after the last
-    step of an epoch each process holds the statistics of its own last batch; evaluation and the checkpoint use
-    rank 0's (without SyncBN, as DDP would at the next step)."""
-    if info.distributed:
-        import torch.distributed as dist
-        for b in model.buffers():
-            dist.broadcast(b, 0)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, _COLUMNS)
-        w.writeheader()
-        w.writerows({k: r.get(k, '') for k in _COLUMNS} for r in rows)
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    with open(path, 'a', newline='') as f:
-        csv.DictWriter(f, _COLUMNS).writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
-                                              for k, v in row.items()})
+    task = SegmentTask(cfg)
+    r = fit_task(task, progress)
+    return SegResult(r.output_dir, r.best_metric, r.best_epoch, task.final, r.elapsed_s, r.params, r.model)
 
 
 def write_per_class(out: Path, m: SegMetrics) -> None:
@@ -559,23 +494,16 @@ def write_per_class(out: Path, m: SegMetrics) -> None:
 
 def plot_seg_curves(metrics_csv: Path, out_png: Path, title: str = '') -> Path | None:
     """Training loss and validation mIoU per epoch (None without matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = _pyplot()
     rows = read_metrics(metrics_csv)
+    if plt is None or not rows:
+        return None
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
     a.plot(*_floats(rows, 'train_loss'))
     a.set(xlabel='epoch', ylabel='train loss')
     b.plot(*_floats(rows, 'val_miou'), marker='o')
     b.set(xlabel='epoch', ylabel='val mIoU (%)')
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = out_png.with_suffix('.tmp.png')
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    tmp = Path(out_png).with_suffix('.tmp.png')
+    _save(plt, fig, tmp, title)
     os.replace(tmp, out_png)
-    return out_png
-
+    return Path(out_png)
