@@ -38,7 +38,7 @@ from ..errors import UsageError
 from ..models import create_any_model
 from .config import TrainConfig, check_trainable_name, load_recipe, make_config, scaled_lrs
 from .distill import Distiller, build_teacher
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import DistInfo, barrier
 from .evaluate import EvalResult, evaluate
 from .metrics import METRIC_COLUMNS, plot_curves
 from .run import (
