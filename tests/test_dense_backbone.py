@@ -196,3 +196,85 @@ def test_backbone_param_count_is_the_trunk_plus_out_norms():
     with torch.device('meta'):
         b = backbone('as_mlp_tiny')
     assert sum(p.numel() for p in b.parameters()) == 28_282_696 - 769_000 - 1536 + 2880
+
+
+# Canvas rounding: a requested img_size is rounded up per side to what the family's architecture takes.
+@pytest.mark.parametrize('name, small, requested, canvas, multiple', [
+    # RepMLP-Res50 at 224: 7x7 partitions of the stride-8 and -16 maps, lcm(56, 112) = 112 (the issue's 320x416)
+    ('repmlp_res50_light_224', dict(depths=(1, 2, 2, 1)), (320, 416), (336, 448), 112),
+    ('repmlp_res50_g8_16_320', dict(depths=(1, 2, 2, 1)), (320, 416), (320, 480), 160),  # 10x10 partitions
+    ('strip_mlp_tiny', dict(depths=(1, 1, 1, 1)), (100, 150), (128, 160), 32),  # the stride of the last stage
+    ('resmlp_s12', dict(depth=2), (100, 150), (112, 160), 16),  # the patch
+    ('resmlp_b24_p8', dict(depth=2), (100, 150), (104, 152), 8),
+])
+def test_canvas_is_rounded_up_to_what_the_family_takes(name, small, requested, canvas, multiple, caplog):
+    with torch.device('meta'), caplog.at_level('INFO', logger='mlpvision.dense.backbone'):
+        b = backbone(name, img_size=requested, **small)
+        assert b.canvas == canvas == b.model.img_size and b.canvas_rule.multiple == (multiple, multiple)
+        assert f'img_size {requested[0]}x{requested[1]} rounded up to the canvas {canvas[0]}x{canvas[1]}' in caplog.text
+        caplog.clear()
+        assert backbone(name, img_size=canvas, **small).canvas == canvas and not caplog.text  # taken as it is
+
+
+def test_the_repmlp_res50_rule_is_the_models_own():
+    """320x416 is what the model itself refuses (the issue's error), 336x448 the next size it builds at."""
+    with torch.device('meta'):
+        with pytest.raises(ValueError, match=r'input size \(40, 52\) must be a multiple of the partition size'):
+            mlpvision.create_model('repmlp_res50_light_224', img_size=(320, 416))
+        for size in ((280, 280), (308, 308), (336, 336)):  # multiples of 56 and 28 that are not of 112 fail too
+            if size[0] % 112:
+                with pytest.raises(ValueError, match='multiple of the partition size'):
+                    mlpvision.create_model('repmlp_res50_light_224', img_size=size)
+            else:
+                mlpvision.create_model('repmlp_res50_light_224', img_size=size)
+
+
+@pytest.mark.parametrize('img_size', [(0, 100), '224', (224, 224, 3)])
+def test_a_bad_img_size_is_a_usage_error(img_size):
+    with pytest.raises(UsageError, match=r'img_size must be a positive int or a pair of them \(H, W\)'):
+        backbone('resmlp_s12', depth=2, img_size=img_size)
+
+
+@pytest.fixture(scope='module')
+def repmlp_320x416():
+    """Mask R-CNN on a small RepMLP-Res50 asked for a 320x416 canvas (one RepMLP block in each of c3 and c4)."""
+    torch.manual_seed(0)
+    return mlpvision.dense.maskrcnn(
+        'repmlp_res50_light_224', num_classes=2, backbone_kwargs=dict(depths=(1, 2, 2, 1), img_size=(320, 416)),
+        min_size=320, max_size=416, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
+        box_detections_per_img=5).eval()
+
+
+def test_repmlp_res50_backbone_runs_at_320x416(repmlp_320x416):
+    b = repmlp_320x416.backbone.body
+    assert b.canvas == (336, 448)
+    with torch.no_grad():
+        feats = b(torch.randn(1, 3, 320, 416))
+    assert [tuple(f.shape[1:]) for f in feats] == [(256, 80, 104), (512, 40, 52), (1024, 20, 26), (2048, 10, 13)]
+    with pytest.raises(ValueError, match=r'got 352x448: .*img_size=\(448, 448\) \(RepMLP-Res50 needs sides that are '
+                                         r'multiples of 112: 7x7 partitions at strides 8, 16; weights trained at '
+                                         r'another size will not load\)\.$'):
+        b.padded_size(352, 448)
+
+
+def test_repmlp_res50_maskrcnn_and_upernet_at_320x416(repmlp_320x416):
+    from mlpvision.dense.detection import _size_kwargs
+    with torch.no_grad():
+        (out,) = repmlp_320x416([torch.rand(3, 320, 416)])  # min_size / max_size keep it at 320x416
+        assert out['masks'].shape[1:] == (1, 320, 416)
+        seg = mlpvision.dense.upernet(repmlp_320x416.backbone.body, 2, channels=16, aux_channels=8).eval()
+        assert {k: tuple(v.shape) for k, v in seg(torch.randn(1, 3, 320, 416)).items()} == {
+            'out': (1, 2, 320, 416), 'aux': (1, 2, 320, 416)}
+    # the default resize: the canvas's shorter side rounded down to a multiple of size_divisible, so that a square
+    # image (resized to 320x320, not padded further) fits the 336x448 canvas too
+    assert _size_kwargs(repmlp_320x416.backbone.body, {}) == dict(min_size=320, max_size=320)
+
+
+def test_repmlp_res50_224_weights_load_where_the_request_rounds_up_to_224(tmp_path):
+    small = dict(depths=(1, 2, 2, 1))
+    model = mlpvision.create_model('repmlp_res50_light_224', **small)
+    save_state_dict(model, tmp_path / 'cls.safetensors')
+    b = backbone('repmlp_res50_light_224', checkpoint_path=tmp_path / 'cls.safetensors', img_size=(200, 180), **small)
+    assert b.canvas == (224, 224)
+    torch.testing.assert_close(b.model.stages[2].blocks[1].repmlp.gp.fc1.weight,
+                               model.stages[2].blocks[1].repmlp.gp.fc1.weight)

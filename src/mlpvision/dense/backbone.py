@@ -14,13 +14,26 @@ map's stride), the maps mmdet's backbones give on an input padded to ``size_divi
   axis (224 x 224 built: 320 x 416 runs as 448 x 448). The 224 / 256 weights load unchanged.
 * Strip-MLP, RepMLP-Res50, ResMLP (weights sized by the feature maps: strip FCs and position tables, Global
   Perceptron FCs, token-mixing FCs): built for one canvas (``img_size=(H, W)``, default the classification size);
-  every input up to the canvas is padded to it; a larger one raises ValueError naming the canvas. The detectors in
-  :mod:`mlpvision.dense.detection` size torchvision's resize so that images fit (``min_size`` / ``max_size``).
-  ``checkpoint_path`` weights trained at another size (the 224 classification models) are resampled onto the
-  canvas for Strip-MLP and ResMLP (:mod:`mlpvision.dense.adapt`: token-mixing matrices and position tables
+  every input up to the canvas is padded to it. A requested ``img_size`` is rounded up per side to the next size the
+  family's architecture takes (:func:`canvas_rule`, read off the model; logged at INFO when it rounds, the canvas
+  built is ``DenseBackbone.canvas``):
+
+  - Strip-MLP: multiples of its last stage's stride (32 with four stages; ``StripMLP.__init__`` checks it, as its
+    strips are sized by ``img_size // stride`` of every stage);
+  - RepMLP-Res50: multiples of partition x stride for every stage with RepMLP blocks (``RepMLPResNet`` sizes them by
+    ``img_size // stride`` where its convs give ``ceil(H / stride)``, so the stride must divide the side, and
+    ``RepMLPBlock`` needs that map to be a multiple of the partition): lcm(7 x 8, 7 x 16) = 112 for the 224 models
+    (7x7 partitions at strides 8 and 16; 320x416 is built as 336x448), 160 for the 320 ones (10x10 partitions);
+  - ResMLP: multiples of the patch size (16, or 8 for ``resmlp_b24_p8``).
+
+  A larger input raises a one-line ValueError naming the canvas and the ``img_size`` that would cover it. The
+  detectors in :mod:`mlpvision.dense.detection` size torchvision's resize so that images fit (``min_size`` /
+  ``max_size``). ``checkpoint_path`` weights trained at another size (the 224 classification models) are resampled
+  onto the canvas for Strip-MLP and ResMLP (:mod:`mlpvision.dense.adapt`: token-mixing matrices and position tables
   resized, a starting point for fine-tuning); RepMLP-Res50's Global Perceptron FCs are sized by the number of
   partitions, which has no grid to resample, so its weights of another size are refused by the strict loader
-  (:class:`mlpvision.CheckpointError` naming the mis-shaped keys).
+  (:class:`mlpvision.CheckpointError` naming the mis-shaped keys); a request that rounds up to the size they were
+  trained at (e.g. 200x200 -> 224x224) loads them.
 
 ResMLP is isotropic (one map at the patch stride). Its pyramid is ViTDet's simple feature pyramid (Li et al.,
 arXiv:2203.16527, §3 "Simple feature pyramid"), built from the last block's map (after the final Affine): stride
@@ -35,9 +48,12 @@ stage k-1). Hire-MLP, Strip-MLP and RepMLP have no released detection code: thei
 """
 from __future__ import annotations
 
+import logging
 import math
+import operator
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -46,8 +62,12 @@ from timm.layers import GroupNorm1, LayerNorm2d, freeze_batch_norm_2d
 
 from ..errors import UsageError
 from ..models._registry import create_model, is_model, model_family
+from ..models.repmlp import RepMLPBlock
 
-__all__ = ['DenseBackbone', 'SimpleFeaturePyramid', 'backbone', 'param_groups', 'SIZE_POLICY']
+__all__ = ['CanvasRule', 'DenseBackbone', 'SimpleFeaturePyramid', 'backbone', 'canvas_rule', 'param_groups',
+           'SIZE_POLICY']
+
+_logger = logging.getLogger(__name__)
 
 # family -> how an input of any size is brought to one the trunk runs at (see the module docstring)
 SIZE_POLICY = {
@@ -60,6 +80,107 @@ SIZE_POLICY = {
 }
 # AS-MLP's official detection backbone norms each output with GroupNorm(1, C) (its ``norm{i}``)
 _OUT_NORM = {'as_mlp': GroupNorm1}
+_FAMILY_NAMES = {'strip_mlp': 'Strip-MLP', 'repmlp': 'RepMLP-Res50', 'resmlp': 'ResMLP'}
+# what happens to classification weights of another size on a canvas of this family (for the error messages)
+_WEIGHTS_NOTE = {
+    'strip_mlp': 'weights of another size are resampled onto it',
+    'resmlp': 'weights of another size are resampled onto it',
+    'repmlp': 'weights trained at another size will not load',
+}
+
+
+@dataclass(frozen=True)
+class CanvasRule:
+    """The canvases a fixed-canvas family takes: (H, W) with H a multiple of ``multiple[0]`` and W of ``multiple[1]``.
+
+    Attributes:
+        family_name: the family as people write it ('RepMLP-Res50').
+        multiple: per side, the number every canvas side must be a multiple of.
+        reason: where the number comes from in the model ('7x7 partitions at strides 8, 16').
+    """
+
+    family_name: str
+    multiple: tuple[int, int]
+    reason: str
+
+    def round_up(self, size: Sequence[int]) -> tuple[int, int]:
+        """The smallest canvas this family takes that covers ``size`` (H, W)."""
+        return tuple(-(-int(s) // m) * m for s, m in zip(size, self.multiple, strict=True))
+
+    def describe(self) -> str:
+        mh, mw = self.multiple
+        sides = f'sides that are multiples of {mh}' if mh == mw else f'heights multiples of {mh}, widths of {mw}'
+        return f'{self.family_name} needs {sides}: {self.reason}'
+
+
+def canvas_rule(model: nn.Module, family: str) -> CanvasRule:
+    """The canvas rule of a fixed-canvas ``model`` (Strip-MLP, RepMLP-Res50, ResMLP), read off its structure.
+
+    * Strip-MLP: the stride of the last stage (its constructor's own check: every stage's strips are sized by
+      ``img_size // stride``).
+    * RepMLP-Res50: per side, the least common multiple of partition x stride over the stages holding RepMLP blocks
+      (the blocks are sized by ``img_size // stride`` and need it to be a multiple of the partition; the convs give
+      ``ceil(H / stride)``, so the stride must divide the side for the two to agree). 1 when there are none.
+    * ResMLP: the patch size (the token-mixing FCs are sized by the patch grid).
+
+    Raises:
+        UsageError: ``family`` is not a fixed-canvas family.
+    """
+    if family == 'strip_mlp':
+        s = model.feature_info[-1]['reduction']
+        return CanvasRule('Strip-MLP', (s, s), f'the stride of its last stage, {s}')
+    if family == 'resmlp':
+        p = model.patch_size
+        return CanvasRule('ResMLP', (p, p), f'its {p}x{p} patches')
+    if family == 'repmlp':
+        mh = mw = 1
+        parts = {}  # partition (h, w) -> strides of the stages using it
+        for info, stage in zip(model.feature_info, model.stages, strict=True):
+            s = info['reduction']
+            for m in stage.modules():
+                if isinstance(m, RepMLPBlock):
+                    mh, mw = math.lcm(mh, m.h * s), math.lcm(mw, m.w * s)
+                    parts.setdefault((m.h, m.w), set()).add(s)
+        reason = '; '.join(f'{h}x{w} partitions at stride{"s" if len(st) > 1 else ""} '
+                           f'{", ".join(map(str, sorted(st)))}' for (h, w), st in parts.items())
+        return CanvasRule('RepMLP-Res50', (mh, mw), reason or 'no RepMLP blocks')
+    raise UsageError(f'{family} backbones are not built for a canvas; the canvas families are '
+                     f'{", ".join(sorted(_FAMILY_NAMES))}.')
+
+
+def _size_pair(img_size: object) -> tuple[int, int]:
+    """``img_size`` as a pair of positive ints; UsageError naming the forms taken otherwise."""
+    try:
+        pair = (img_size, img_size) if not isinstance(img_size, (tuple, list)) else img_size
+        h, w = (operator.index(v) for v in pair)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h <= 0 or w <= 0 or isinstance(img_size, bool):
+        raise UsageError(f'img_size must be a positive int or a pair of them (H, W), got {img_size!r}.')
+    return h, w
+
+
+def _fit_canvas(name: str, family: str, model_kwargs: dict) -> dict:
+    """``model_kwargs`` with a requested ``img_size`` rounded up to the next canvas the family takes.
+
+    The rule is read off a shape-only build (the meta device) of the model with the same arguments at its default
+    size, or at the requested size if the arguments do not fit the default (e.g. another partition).
+    """
+    if model_kwargs.get('img_size') is None:
+        return model_kwargs  # the variant's classification size, which the family takes
+    requested = _size_pair(model_kwargs['img_size'])
+    probe_kwargs = {k: v for k, v in model_kwargs.items() if k not in ('img_size', 'device', 'dtype', 'pretrained')}
+    with torch.device('meta'):
+        try:
+            probe = create_model(name, **probe_kwargs)
+        except ValueError:
+            probe = create_model(name, img_size=requested, **probe_kwargs)
+    rule = canvas_rule(probe, family)
+    canvas = rule.round_up(requested)
+    if canvas != requested:
+        _logger.info('%s backbone: img_size %dx%d rounded up to the canvas %dx%d; %s.', name, *requested, *canvas,
+                     rule.describe())
+    return dict(model_kwargs, img_size=canvas)
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -103,6 +224,7 @@ class DenseBackbone(nn.Module):
         model: the trunk (the classification model, pruned).
         out_channels, strides: of each returned map.
         size_policy: how inputs are padded (``SIZE_POLICY``); ``canvas`` / ``multiple`` the sizes it pads to.
+        canvas_rule: for the canvas families, the canvases the family takes (:func:`canvas_rule`); else None.
     """
 
     def __init__(
@@ -132,6 +254,7 @@ class DenseBackbone(nn.Module):
         img_size = getattr(model, 'img_size', None)
         self.canvas = tuple(img_size) if self.size_policy == 'canvas img_size' else None
         self.multiple = (tuple(img_size) if self.size_policy == 'multiple of the native img_size' else (32, 32))
+        self.canvas_rule = canvas_rule(model, family) if self.canvas is not None else None  # before any pruning
         device = next(model.parameters()).device
         if self.isotropic:
             patch = model.patch_size
@@ -183,10 +306,12 @@ class DenseBackbone(nn.Module):
         if self.canvas is not None:
             ch, cw = self.canvas
             if h > ch or w > cw:
+                rule = self.canvas_rule
+                fit = rule.round_up((max(h, ch), max(w, cw)))
                 raise ValueError(
                     f'{self.name} backbone was built for a {ch}x{cw} canvas and takes inputs up to that size (padded '
-                    f'to it), got {h}x{w}. Resize the input to fit, or build the backbone with img_size=(H, W) '
-                    f'covering it (sides multiples of 32; weights trained at another size will not load).')
+                    f'to it), got {h}x{w}: resize the input to fit, or build it with img_size={fit} '
+                    f'({rule.describe()}; {_WEIGHTS_NOTE[self.family]}).')
             return ch, cw
         mh, mw = self.multiple
         return -(-h // mh) * mh, -(-w // mw) * mw
@@ -235,10 +360,12 @@ def backbone(
         frozen_bn: replace every BatchNorm by timm's ``FrozenBatchNorm2d`` (torchvision detection's default for
             ResNets); for DDP without it, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` converts the BatchNorms.
         **model_kwargs: passed to the model constructor (``drop_path_rate``, ``img_size`` for the canvas families,
-            ``depths``, ...).
+            ``depths``, ...). A canvas family's ``img_size`` is rounded up per side to the next canvas the family
+            takes (:func:`canvas_rule`; logged), which the backbone's ``canvas`` records.
 
     Raises:
-        UsageError: an unknown model, bad ``out_indices`` / ``frozen_stages``, or ``output_stride`` other than 32.
+        UsageError: an unknown model, bad ``out_indices`` / ``frozen_stages`` / ``img_size``, or ``output_stride``
+            other than 32.
     """
     if not is_model(name):
         create_model(name)  # raises the registry's error naming the closest models
@@ -255,6 +382,8 @@ def backbone(
     if name == 'repmlp_cifar_pure':
         raise UsageError('repmlp_cifar_pure is a three-stage CIFAR model without a stride 4/8/16/32 pyramid; use '
                          'a RepMLP-Res50 (repmlp_res50_*) or RepMLPNet (repmlpnet_*) backbone.')
+    if SIZE_POLICY[family] == 'canvas img_size':
+        model_kwargs = _fit_canvas(name, family, model_kwargs)
     # built with its classifier, so that a classification checkpoint loads strictly; the head is dropped after
     if checkpoint_path is not None and SIZE_POLICY[family] == 'canvas img_size' and family != 'repmlp':
         model = _load_resampled(create_model(name, **model_kwargs), checkpoint_path)

@@ -23,7 +23,10 @@ RetinaNet with its 91 slots).
 Input sizes: torchvision's transform resizes every image (``min_size`` / ``max_size``) and pads the batch to a
 multiple of ``size_divisible`` (32); the backbone then pads further to what its family needs
 (:mod:`mlpvision.dense.backbone`). For the canvas families (Strip-MLP, RepMLP-Res50, ResMLP) the detectors default
-``min_size`` and ``max_size`` to the canvas's shorter side, so that every resized image fits the canvas.
+``min_size`` and ``max_size`` to the canvas's shorter side rounded down to a multiple of ``size_divisible``, so that
+every resized and padded image fits the canvas in either orientation. For landscape images up to H x W (multiples of
+32), ``backbone_kwargs=dict(img_size=(H, W))`` with ``min_size=H, max_size=W`` runs them at that size (the canvas is
+rounded up to what the family takes: 336x448 for RepMLP-Res50 at 320x416).
 """
 from __future__ import annotations
 
@@ -83,9 +86,19 @@ def _body(backbone: str | DenseBackbone, out_indices: tuple[int, ...], backbone_
 
 
 def _size_kwargs(body: DenseBackbone, kwargs: dict) -> dict:
-    """Default torchvision's resize so that every image fits the canvas of a fixed-size backbone."""
+    """Default torchvision's resize so that every image fits the canvas of a fixed-size backbone.
+
+    torchvision resizes the shorter side to ``min_size`` unless the longer one would pass ``max_size``, then pads the
+    batch to a multiple of ``size_divisible`` (32), and either side may be the longer one; so both default to the
+    largest multiple of ``size_divisible`` within the canvas's shorter side (a 336x448 RepMLP-Res50 canvas: 320).
+    """
     if body.canvas is not None:
-        side = min(body.canvas)
+        divisor = kwargs.get('size_divisible', 32)
+        side = min(body.canvas) // divisor * divisor
+        if side == 0 and ('min_size' not in kwargs or 'max_size' not in kwargs):
+            raise UsageError(f'the {body.canvas[0]}x{body.canvas[1]} canvas of {body.name} holds no image padded to a '
+                             f'multiple of size_divisible={divisor}: build the backbone with img_size sides of at '
+                             f'least {divisor}, or pass min_size, max_size and a smaller size_divisible.')
         kwargs.setdefault('min_size', side)
         kwargs.setdefault('max_size', side)
     return kwargs
