@@ -25,13 +25,16 @@ import sys
 SUBCOMMANDS = {
     'models': ('models', 'list the registered models with params, GMACs and paper figures'),
     'demo': ('demo', 'train and evaluate a model on the bundled digits images, then show the model table'),
-    'train': ('train', 'train a model on a dataset with a paper recipe (or your options)'),
-    'train-seg': ('train_seg', 'train UperNet segmentation on image/mask folders or CamVid (mIoU, per-class IoU)'),
-    'predict-seg': ('predict_seg', 'segment images with a train-seg checkpoint and write colour overlays (PNG)'),
-    'validate-seg': ('validate_seg', 'evaluate a train-seg checkpoint (mIoU, per-class IoU, pixel accuracy, '
-                                     'confusion matrix)'),
-    'validate': ('validate', 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'),
-    'predict': ('predict', 'predict the top-k labels of images with a checkpoint'),
+    'train': ('train', 'train a classifier, segmenter or detector (--task) with a paper recipe or your options'),
+    'validate': ('validate', 'evaluate a checkpoint: top-1 / per-class accuracy, mIoU or COCO box / mask AP (task '
+                             'from the checkpoint)'),
+    'predict': ('predict', 'predict with a checkpoint: top-k labels, or segmentation / detection drawings with '
+                           '--output'),
+    'train-seg': ('train_seg', 'train UperNet segmentation: the same as train --task segment (kept for old commands)'),
+    'predict-seg': ('predict_seg', 'segment images with a segmentation checkpoint: the same as predict -o DIR (kept '
+                                   'for old commands)'),
+    'validate-seg': ('validate_seg', 'evaluate a segmentation checkpoint: the same as validate (kept for old '
+                                     'commands)'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
     'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '

@@ -9,7 +9,8 @@ from mlpvision.errors import UsageError
 
 from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
 
-HELP = 'predict the top-k labels of images with a checkpoint'
+HELP = ('predict with a checkpoint: top-k labels, or segmentation / detection drawings with '
+        '--output')
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,12 +19,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--topk', '-k', type=int, default=5, help='labels per image (default 5)')
     p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) images that cannot be decoded')
     p.add_argument('--cam', metavar='OUTDIR', help='also write a Grad-CAM overlay (PNG + .npy) per image into OUTDIR')
+    p.add_argument('--output', '-o', help='segmentation / detection checkpoints: the folder for the drawn images '
+                                          '(default: none)')
+    p.add_argument('--score', type=float, default=0.5, help='detection: lowest score drawn (default 0.5)')
+    p.add_argument('--overwrite', action='store_true', help='write over drawn images already in --output')
     add_device_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.inference import load_for_inference, predict_images
 
+    from ._tasks import checkpoint_task, predict_task
+
+    task, ckpt = checkpoint_task(args.checkpoint)
+    if task is not None:
+        return predict_task(task, ckpt, args)
     apply_threads(args.threads)
     check_model_arg(args.model)
     if args.topk < 1:

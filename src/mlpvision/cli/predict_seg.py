@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ._common import apply_threads
 
-HELP = 'segment images with a train-seg checkpoint and write colour overlays (PNG)'
+HELP = ('segment images with a segmentation checkpoint: the same as predict -o DIR (kept for old '
+        'commands)')
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

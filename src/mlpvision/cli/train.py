@@ -1,7 +1,11 @@
-"""Train a model: `mlpvision train --recipe <name> [--option value ...]`.
+"""Train a model: `mlpvision train [--task classify|segment|detect] --recipe <name> [--option value ...]`.
 
-Options come from, in increasing precedence: the defaults, the checkpoint being resumed (--resume), a recipe
-(--recipe: a YAML file under recipes/, by name or path) and the flags given here. Multi-GPU:
+One command and one run loop for the three tasks: image classification (the default), semantic segmentation
+(UperNet on a backbone: `--task segment --backbone NAME`) and detection / instance segmentation (Mask R-CNN or
+RetinaNet on a backbone: `--task detect --model maskrcnn --backbone NAME`). The task is read from the recipe
+(`task:`) or the resumed checkpoint when --task is not given. Options come from, in increasing precedence: the task's
+defaults, the checkpoint being resumed (--resume), a recipe (--recipe: a YAML file under recipes/, by name or path)
+and the flags given here; an option of another task is refused. Multi-GPU:
 `torchrun --nproc_per_node=N -m mlpvision.cli.main train ...` (one process per GPU; LOCAL_RANK, RANK and
 WORLD_SIZE come from the environment). The run folder receives config.yaml, last.pth, best.pth, metrics.csv,
 curves.png and, when tensorboard is installed, tensorboard/.
@@ -16,7 +20,7 @@ import typing
 
 from ._common import MODEL_KWARGS_HELP, parse_model_kwargs
 
-HELP = 'train a model on a dataset with a paper recipe (or your options)'
+HELP = 'train a classifier, segmenter or detector (--task) with a paper recipe or your options'
 
 
 def _flag(name: str) -> str:
@@ -29,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--recipe', help='a recipe name (see --list-recipes) or a YAML file (default: none, the defaults '
                                     'shown here)')
     p.add_argument('--list-recipes', action='store_true', help='list the recipes and exit')
+    p.add_argument('--task', choices=tuple(TASK_CONFIGS), help="what to train: classify, segment or detect (default: "
+                   "the recipe's or the resumed checkpoint's task, else classify)")
     short = {'batch_size': ['-b'], 'workers': ['-j'], 'output': ['-o']}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f, tp in config_fields():
@@ -51,6 +57,77 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                            help=f'{MODEL_KWARGS_HELP} (default: none)')
         else:
             g.add_argument(*flags, dest=f.name, type=origin, default=None, help=help_)
+    _add_task_flags(p, {f.name for f, _ in config_fields()})
+
+
+# the configuration class of each task, by module and name (imported when needed: the parser is built without torch
+# models being created)
+TASK_CONFIGS = {'classify': ('mlpvision.engine.config', 'TrainConfig'),
+                'segment': ('mlpvision.engine.segmentation', 'SegConfig'),
+                'detect': ('mlpvision.engine.detection', 'DetConfig')}
+_TASK_HELP = {
+    'backbone': 'segment / detect: the backbone, an mlpvision model (as_mlp_tiny, ...) or a timm model (resnet18, ...)',
+    'pyramid': "segment / detect: 'auto' (mlpvision.dense.backbone for mlpvision models, timm features_only for "
+               "others) or 'timm' (features_only for every backbone)",
+    'channels': 'segment: UPerHead channels', 'aux_channels': 'segment: FCN auxiliary head channels',
+    'aux_weight': 'segment: auxiliary loss weight; 0 drops the auxiliary head',
+    'num_classes': "segment: class ids in the masks (needed for --dataset folder)",
+    'ignore_index': 'segment: mask value left out of the loss and metrics (CamVid void becomes it)',
+    'base_size': 'segment: short side the images are resized to (evaluation) and scaled around (training)',
+    'crop': 'segment: training crop H W', 'ratio_range': 'segment: random scale range around --base-size',
+    'photometric': "segment: mmseg's photometric distortion",
+    'warmup_steps': 'segment / detect: linear warm-up steps',
+    'warmup_ratio': 'segment / detect: warm-up start as a fraction of --lr',
+    'poly_power': 'segment: poly decay power', 'eval_mode': "segment: 'whole' image or 'slide' window evaluation",
+    'slide_crop': 'segment: sliding-window size H W', 'slide_stride': 'segment: sliding-window stride H W',
+    'train_images': 'detect, pennfudan: images drawn for training (the rest are held out)',
+    'split_seed': 'detect, pennfudan: seed of the one permutation that splits the images',
+    'min_size': 'detect: training short sides (one drawn per image; multi-scale training)',
+    'max_size': 'detect: longest side after resizing', 'eval_min_size': 'detect: evaluation short side',
+    'box_batch_size_per_image': 'detect, Mask R-CNN: RoIs sampled per image for the box / mask heads',
+    'box_score_thresh': 'detect: lowest score a detection is kept with (for AP; drawings use predict --score)',
+    'detections_per_img': 'detect: most detections kept per image',
+    'lr_steps': 'detect: epochs after which the rate is multiplied by --lr-gamma',
+    'lr_gamma': 'detect: rate factor at each --lr-steps epoch',
+}
+_INT_LISTS = {'crop': 2, 'slide_crop': 2, 'slide_stride': 2, 'min_size': '+', 'lr_steps': '+'}
+
+
+def task_config_class(task: str) -> type:
+    import importlib
+
+    module, name = TASK_CONFIGS[task]
+    return getattr(importlib.import_module(module), name)
+
+
+def task_fields(task: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(task_config_class(task))}
+
+
+def _add_task_flags(p: argparse.ArgumentParser, seen: set[str]) -> None:
+    """The segmentation and detection options that classification does not have (their shared options use the
+    same flags)."""
+    g = p.add_argument_group('segment / detect')
+    for task in ('segment', 'detect'):
+        for f in dataclasses.fields(task_config_class(task)):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            text = ' '.join(map(str, default)) if isinstance(default, list) else default
+            help_ = f'{_TASK_HELP.get(f.name, f"{task}: " + f.name.replace("_", " "))} (default: {text})'
+            help_ = help_.replace('%', '%%')
+            flag = _flag(f.name)
+            if isinstance(default, bool):
+                g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+            elif f.name in _INT_LISTS:
+                g.add_argument(flag, dest=f.name, type=int, nargs=_INT_LISTS[f.name], default=None, help=help_)
+            elif isinstance(default, list):
+                g.add_argument(flag, dest=f.name, type=float, nargs=2, default=None, help=help_)
+            else:
+                tp = float if isinstance(default, float) else int if isinstance(default, int) or f.name in (
+                    'num_classes',) else str
+                g.add_argument(flag, dest=f.name, type=tp, default=None, help=help_)
 
 
 def _with_default(help_: str, f: dataclasses.Field) -> str:
@@ -116,6 +193,52 @@ def bare_train_notice(cfg: typing.Any) -> str:
             f'Ctrl-C saves a checkpoint and stops.')
 
 
+def given_options(args: argparse.Namespace) -> dict:
+    """Every task option given on the command line (None: not given), model kwargs parsed."""
+    names = set().union(*(task_fields(t) for t in TASK_CONFIGS))
+    out = {}
+    for name in sorted(names):
+        v = getattr(args, name, None)
+        if v is not None:
+            out[name] = parse_model_kwargs(v) if name == 'model_kwargs' else v
+    return out
+
+
+def choose_task(args: argparse.Namespace) -> str:
+    """--task, else the recipe's ``task:``, else the resumed checkpoint's task, else classify; a --task that
+    contradicts the recipe or the checkpoint is refused."""
+    from mlpvision.engine.config import recipe_task
+    from mlpvision.engine.run import resume_path, task_of_checkpoint
+    from mlpvision.errors import UsageError
+
+    found = {}
+    if args.recipe:
+        found['the recipe'] = recipe_task(args.recipe)
+    if args.resume:
+        path = resume_path(args.resume, args.output) if args.resume != 'auto' or args.output else None
+        if path is not None:
+            from mlpvision.engine.checkpoint import load_checkpoint_file
+            found['the checkpoint'] = task_of_checkpoint(load_checkpoint_file(path).get('mlpvision') or {})
+    found = {k: v for k, v in found.items() if v}
+    task = args.task or next(iter(found.values()), None) or 'classify'
+    for where, t in found.items():
+        if t != task:
+            raise UsageError(f'--task {task}, but {where} is a {t} run; drop --task or pass --task {t}')
+    return task
+
+
+def _check_options(task: str, given: dict) -> None:
+    from mlpvision.errors import UsageError
+
+    allowed = task_fields(task)
+    foreign = [k for k in given if k not in allowed]
+    if foreign:
+        owners = {k: [t for t in TASK_CONFIGS if k in task_fields(t)] for k in foreign}
+        k = foreign[0]
+        raise UsageError(f'{_flag(k)} is an option of --task {" / ".join(owners[k])}, not of --task {task}; drop it '
+                         f'or pass --task {owners[k][0]}')
+
+
 def run(args: argparse.Namespace) -> int:
     from mlpvision.engine.config import list_recipes, recipe_dir
 
@@ -125,6 +248,11 @@ def run(args: argparse.Namespace) -> int:
         if not list_recipes():
             print(f'(no recipes found in {recipe_dir()})')
         return 0
+    task = choose_task(args)
+    given = given_options(args)
+    _check_options(task, given)
+    if task != 'classify':
+        return run_dense(task, args.recipe, given)
     from mlpvision.engine.train import fit, resolve_config
 
     overrides = overrides_from_args(args)
@@ -134,4 +262,34 @@ def run(args: argparse.Namespace) -> int:
     result = fit(cfg)
     if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only the primary process reports
         print_summary(result, cfg.plot)
+    return 0
+
+
+def run_dense(task: str, recipe: str | None, given: dict) -> int:
+    """Train a segmentation or detection task: recipe options under the flags given (the resumed checkpoint's under
+    both)."""
+    from mlpvision.engine.config import load_recipe
+
+    options = dict(load_recipe(recipe, task_config_class(task)) if recipe else {})
+    options.pop('recipe', None)
+    options.update(given)
+    if task == 'segment':
+        from mlpvision.engine.segmentation import fit_seg, resolve_seg_config
+        result = fit_seg(resolve_seg_config(options))
+        final = (f'validation: mIoU {result.final.miou:.2f}%  pixel acc {result.final.pixel_acc:.2f}%  (best mIoU '
+                 f'{result.best_miou:.2f}% at epoch {result.best_epoch})' if result.final is not None else '')
+        files = 'best.pth, last.pth, metrics.csv, per_class.csv, confusion.csv, curves.png'
+    else:
+        from mlpvision.engine.detection import fit_det, resolve_det_config
+        result = fit_det(resolve_det_config(options))
+        f = result.final or {}
+        mask = f'  mask AP {f["segm_AP"]:.2f}' if 'segm_AP' in f else ''
+        final = (f'held-out: box AP {f["bbox_AP"]:.2f}  AP50 {f["bbox_AP50"]:.2f}{mask}  (best box AP '
+                 f'{result.best_ap:.2f} at epoch {result.best_epoch})' if f else '')
+        files = 'best.pth, last.pth, metrics.csv, per_class.csv, curves.png'
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f'\ntrained {task}: {result.params:,} params, {result.elapsed_s:.0f} s')
+        if final:
+            print(final)
+        print(f'run folder: {result.output} ({files})')
     return 0

@@ -14,7 +14,7 @@ import os
 
 from ._common import MODEL_KWARGS_HELP, parse_model_kwargs
 
-HELP = 'train UperNet segmentation on image/mask folders or CamVid (mIoU, per-class IoU)'
+HELP = 'train UperNet segmentation: the same as train --task segment (kept for old commands)'
 
 _HELP = {
     'backbone': 'backbone: an mlpvision model (as_mlp_tiny, hire_mlp_tiny, ...) or a timm CNN (resnet18, ...)',

@@ -9,7 +9,8 @@ import math
 
 from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
 
-HELP = 'evaluate a checkpoint (top-1/top-5, per-class accuracy, confusion matrix)'
+HELP = ('evaluate a checkpoint: top-1 / per-class accuracy, mIoU or COCO box / mask AP (task from the '
+        'checkpoint)')
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     from mlpvision.engine.inference import validate_checkpoint
 
+    from ._tasks import checkpoint_task, validate_task
+
+    task, ckpt = checkpoint_task(args.checkpoint)
+    if task is not None:
+        return validate_task(task, ckpt, args)
     apply_threads(args.threads)
     check_model_arg(args.model)
     v = validate_checkpoint(

@@ -10,7 +10,7 @@ import argparse
 
 from ._common import apply_threads
 
-HELP = 'evaluate a train-seg checkpoint (mIoU, per-class IoU, pixel accuracy, confusion matrix)'
+HELP = 'evaluate a segmentation checkpoint: the same as validate (kept for old commands)'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,10 +26,10 @@ import yaml
 from ..data.datasets import DATASETS
 from ..errors import UsageError
 
-__all__ = ['TrainConfig', 'load_recipe', 'find_recipe', 'recipe_dir', 'list_recipes', 'make_config',
+__all__ = ['TrainConfig', 'load_recipe', 'recipe_task', 'find_recipe', 'recipe_dir', 'list_recipes', 'make_config',
            'scaled_lrs', 'config_fields', 'check_model_name', 'check_trainable_name', 'RECIPE_META_KEYS']
 
-RECIPE_META_KEYS = ('description', 'source', 'sources', 'notes')
+RECIPE_META_KEYS = ('description', 'source', 'sources', 'notes', 'task')
 OPTIMIZERS = ('adamw', 'lamb', 'sgd', 'momentum', 'adam', 'lars', 'rmsprop')
 SCHEDULES = ('cosine', 'step', 'constant', 'none')
 AMP = ('none', 'bf16', 'fp16')
@@ -301,8 +301,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _check_keys(keys: typing.Iterable[str], where: str) -> None:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+def _check_keys(keys: typing.Iterable[str], where: str, config: type | None = None) -> None:
+    names = [f.name for f in dataclasses.fields(config or TrainConfig)]
     for k in keys:
         if k not in names and k not in RECIPE_META_KEYS:
             close = difflib.get_close_matches(k, names, n=3)
@@ -333,8 +333,7 @@ def find_recipe(name_or_path: str) -> Path:
                      f'{", ".join(known) or "none found in " + str(recipe_dir())})')
 
 
-def load_recipe(name_or_path: str) -> dict:
-    """The options of a recipe file (metadata keys such as ``description`` and ``source`` dropped)."""
+def _read_recipe(name_or_path: str) -> tuple[Path, dict]:
     path = find_recipe(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -342,7 +341,23 @@ def load_recipe(name_or_path: str) -> dict:
         raise UsageError(f'recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}') from None
     if not isinstance(data, dict):
         raise UsageError(f'recipe {str(path)!r} must be a mapping of option: value')
-    _check_keys(data, f'recipe {str(path)!r}')
+    return path, data
+
+
+def recipe_task(name_or_path: str) -> str:
+    """The task a recipe trains (its ``task:`` key; classify when it has none)."""
+    _, data = _read_recipe(name_or_path)
+    task = data.get('task', 'classify')
+    if task not in ('classify', 'segment', 'detect'):
+        raise UsageError(f'recipe {name_or_path!r}: task {task!r} is not one of classify, segment, detect')
+    return task
+
+
+def load_recipe(name_or_path: str, config: type | None = None) -> dict:
+    """The options of a recipe file (metadata keys such as ``description`` and ``source`` dropped), checked against
+    the fields of ``config`` (the task's configuration class; classification's :class:`TrainConfig` by default)."""
+    path, data = _read_recipe(name_or_path)
+    _check_keys(data, f'recipe {str(path)!r}', config)
     opts = {k: v for k, v in data.items() if k not in RECIPE_META_KEYS}
     opts['recipe'] = str(path)
     return opts

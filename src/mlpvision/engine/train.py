@@ -280,7 +280,7 @@ class ClassifyTask(Task):
     """Image classification: an mlpvision (or timm) classifier, cross-entropy (label smoothing, mixup / cutmix,
     DeiT distillation), top-1 / top-5; best.pth by validation top-1."""
     name = 'classify'
-    columns = (*METRIC_COLUMNS, 'ema_val_loss', 'wall_s')
+    columns = METRIC_COLUMNS
     score = 'val_acc1'
     score_label = 'top-1'
 
