@@ -3,14 +3,13 @@
 :func:`make_coco_shapes` draws rectangles, ellipses and triangles of random colours on noisy backgrounds and writes a
 COCO-format folder (``images/*.png`` and ``annotations.json`` with run-length segmentations, ``bbox`` as
 ``[x, y, w, h]``, ``area``, ``iscrowd``): the test and example data for the detectors in
-:mod:`mlpvision.dense.detection`. :class:`CocoDetection` reads any COCO-format folder of that kind into torchvision's
-detection targets (``boxes`` xyxy, ``labels`` = category ids, ``masks``), and :func:`evaluate` runs a detector over it
-and scores it with pycocotools' ``COCOeval`` (box and mask AP; the ``detection`` extra installs pycocotools).
+:mod:`mlpvision.dense.detection`. :class:`CocoDetection` reads a folder of that kind into torchvision's detection
+targets (``boxes`` xyxy, ``labels``, ``masks``), and :func:`evaluate` runs a detector over it and scores it (box and
+mask AP; the ``detection`` extra installs the evaluator). Both are thin uses of :mod:`mlpvision.data.detection`,
+which reads any COCO-format data set and has the full COCO metrics.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import math
@@ -23,6 +22,7 @@ import torch.nn as nn
 from PIL import Image, ImageDraw
 
 from .._checkpoint import atomic_save
+from ..data.detection import CocoDetectionDataset, RandomHorizontalFlip, collate, predictions_from_outputs, run_cocoeval
 from ..errors import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -108,131 +108,42 @@ def _rle(mask: np.ndarray) -> dict:
     return dict(size=list(mask.shape), counts=[int(c) for c in counts])
 
 
-def _decode_rle(rle: dict) -> np.ndarray:
-    h, w = rle['size']
-    flat = np.zeros(h * w, bool)
-    pos, value = 0, False
-    for c in rle['counts']:
-        if value:
-            flat[pos:pos + c] = True
-        pos += c
-        value = not value
-    return flat.reshape(w, h).T
-
-
-class CocoDetection(torch.utils.data.Dataset):
-    """A COCO-format folder as torchvision detection samples: ``(image (3, H, W) float in [0, 1], target)`` with
-    ``boxes`` (N, 4) xyxy, ``labels`` (N,) category ids, ``masks`` (N, H, W) uint8, ``image_id``.
-
-    Segmentations must be uncompressed RLE (as :func:`make_coco_shapes` writes); other COCO data sets go through
-    pycocotools' ``annToMask`` instead (``torchvision.datasets.CocoDetection``).
+class CocoDetection(CocoDetectionDataset):
+    """A folder as :func:`make_coco_shapes` writes it (``images/`` and ``annotations.json``) as torchvision detection
+    samples: :class:`mlpvision.data.detection.CocoDetectionDataset` (checked annotations, contiguous labels 1..K,
+    which are the category ids 1, 2, 3 of the shapes) with masks, and a random horizontal flip when ``train_flip``.
     """
 
     def __init__(self, root: str | os.PathLike, ann_file: str | os.PathLike | None = None,
                  train_flip: bool = False) -> None:
         self.root = Path(root)
-        self.ann_file = Path(ann_file) if ann_file is not None else self.root / 'annotations.json'
-        if not self.ann_file.is_file():
-            raise UsageError(f'no COCO annotation file at {self.ann_file}; make one with '
+        ann_file = Path(ann_file) if ann_file is not None else self.root / 'annotations.json'
+        if not ann_file.is_file():
+            raise UsageError(f'no COCO annotation file at {ann_file}; make one with '
                              f'mlpvision.dense.coco.make_coco_shapes({str(self.root)!r}).')
-        data = json.loads(self.ann_file.read_text())
-        self.images = data['images']
-        self.categories = data['categories']
-        self.by_image: dict[int, list[dict]] = {im['id']: [] for im in self.images}
-        for a in data['annotations']:
-            self.by_image[a['image_id']].append(a)
+        super().__init__(self.root / 'images', ann_file, transform=RandomHorizontalFlip(0.5) if train_flip else None)
         self.train_flip = train_flip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        info = self.images[idx]
-        img = np.asarray(Image.open(self.root / 'images' / info['file_name']).convert('RGB'))
-        image = torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255  # H, W, 3 -> 3, H, W
-        anns = [a for a in self.by_image[info['id']] if not a.get('iscrowd', 0)]
-        h, w = info['height'], info['width']
-        boxes = torch.tensor([[a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2], a['bbox'][1] + a['bbox'][3]]
-                              for a in anns], dtype=torch.float32).reshape(-1, 4)
-        masks = torch.from_numpy(np.stack([_decode_rle(a['segmentation']) for a in anns])
-                                 if anns else np.zeros((0, h, w), bool)).to(torch.uint8)
-        target = dict(boxes=boxes, labels=torch.tensor([a['category_id'] for a in anns], dtype=torch.int64),
-                      masks=masks, image_id=torch.tensor(info['id']))
-        if self.train_flip and torch.rand(()) < 0.5:  # horizontal flip of image, boxes and masks
-            image, target['masks'] = image.flip(-1), target['masks'].flip(-1)
-            target['boxes'] = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
-        return image, target
-
-
-def collate(batch: list) -> tuple[list, list]:
-    """Lists of images and targets, as torchvision's detection models take them."""
-    return tuple(list(x) for x in zip(*batch, strict=True))
-
-
-def _coco_api():
-    try:
-        from pycocotools import mask as mask_utils
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError as e:
-        raise UsageError('COCO evaluation needs pycocotools: pip install "mlpvision[detection]".') from e
-    return COCO, COCOeval, mask_utils
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: CocoDetection, batch_size: int = 2) -> dict[str, float]:
-    """COCO AP of ``model`` (a torchvision detector in eval mode) on ``dataset``: ``bbox_AP``, ``bbox_AP50``,
-    ``bbox_AP75`` and, when the model predicts masks, ``segm_AP`` / ``segm_AP50`` / ``segm_AP75`` (pycocotools'
-    ``COCOeval``, masks thresholded at 0.5 as torchvision's reference ``coco_eval.py``)."""
-    COCO, COCOeval, mask_utils = _coco_api()
+def evaluate(model: nn.Module, dataset: CocoDetectionDataset, batch_size: int = 2) -> dict[str, float]:
+    """COCO AP of ``model`` (a torchvision detector) on ``dataset``, as fractions: ``bbox_AP``, ``bbox_AP50``,
+    ``bbox_AP75`` and, when the model predicts masks, ``segm_AP`` / ``segm_AP50`` / ``segm_AP75``
+    (:func:`mlpvision.data.detection.coco_evaluate`, which has the percentages, per-size and per-category APs too;
+    masks thresholded at 0.5 as torchvision's reference ``coco_eval.py``). The model is run in eval mode and left
+    in the mode it came in."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
-    results = {'bbox': [], 'segm': []}
+    predictions, masks = [], False
     try:
         for images, targets in loader:
             outputs = model([im.to(device) for im in images])
-            for out, t in zip(outputs, targets, strict=True):
-                boxes = out['boxes'].cpu()
-                xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
-                scores, labels = out['scores'].tolist(), out['labels'].tolist()
-                base = [dict(image_id=int(t['image_id']), category_id=int(c), score=float(s))
-                        for c, s in zip(labels, scores, strict=True)]
-                results['bbox'] += [dict(r, bbox=b) for r, b in zip(base, xywh, strict=True)]
-                if 'masks' in out:
-                    masks = (out['masks'][:, 0] > 0.5).cpu().numpy()
-                    for r, m in zip(base, masks, strict=True):
-                        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-                        rle['counts'] = rle['counts'].decode('ascii')
-                        results['segm'].append(dict(r, segmentation=rle))
+            masks = masks or any('masks' in out for out in outputs)
+            predictions += predictions_from_outputs(outputs, [t['image_id'] for t in targets], dataset.cat_ids)
     finally:
         model.train(was_training)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-    gt.dataset = json.loads(dataset.ann_file.read_text())
-    for a in gt.dataset['annotations']:  # pycocotools wants compressed RLE for uncompressed-RLE ground truth
-        if isinstance(a['segmentation'], dict) and isinstance(a['segmentation']['counts'], list):
-            h, w = a['segmentation']['size']
-            rle = mask_utils.frPyObjects(a['segmentation'], h, w)
-            rle['counts'] = rle['counts'].decode('ascii')
-            a['segmentation'] = rle
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    metrics = {}
-    for iou_type in ('bbox', 'segm'):
-        if iou_type == 'segm' and not results['segm']:
-            continue
-        if not results[iou_type]:  # nothing detected: every AP is 0 (COCO's loadRes refuses an empty list)
-            metrics.update({f'{iou_type}_AP': 0., f'{iou_type}_AP50': 0., f'{iou_type}_AP75': 0.})
-            continue
-        report = io.StringIO()
-        with contextlib.redirect_stdout(report):  # pycocotools prints its progress and table: to the log instead
-            ev = COCOeval(gt, gt.loadRes(results[iou_type]), iou_type)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        _logger.info('%s\n%s', iou_type, report.getvalue())
-        metrics.update({f'{iou_type}_AP': float(ev.stats[0]), f'{iou_type}_AP50': float(ev.stats[1]),
-                        f'{iou_type}_AP75': float(ev.stats[2])})
-    return metrics
+    evals, report = run_cocoeval(dataset.coco, predictions, ('bbox', 'segm') if masks else ('bbox',))
+    _logger.info('%s', report)
+    return {f'{t}_{m}': float(ev.stats[i]) for t, ev in evals.items() for i, m in enumerate(('AP', 'AP50', 'AP75'))}
