@@ -75,8 +75,10 @@ def _body(backbone: str | DenseBackbone, out_indices: tuple[int, ...], backbone_
         return build_backbone(backbone, out_indices=out_indices, **(backbone_kwargs or {}))
     if backbone_kwargs:
         raise UsageError('backbone_kwargs apply to a backbone given by name; this backbone module is already built.')
-    if not isinstance(backbone, DenseBackbone):
-        raise UsageError(f'backbone must be a model name or a module from mlpvision.dense.backbone(), got '
+    if not (isinstance(backbone, DenseBackbone) or hasattr(backbone, 'out_channels') and
+            hasattr(backbone, 'out_indices')):
+        raise UsageError(f'backbone must be a model name, a module from mlpvision.dense.backbone(), or a module with '
+                         f'out_channels and out_indices (a timm model through mlpvision.engine.detection), got '
                          f'{type(backbone).__name__}.')
     if backbone.out_indices != out_indices:
         raise UsageError(f'this detector needs a backbone with out_indices={out_indices}, got '
