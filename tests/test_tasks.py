@@ -153,3 +153,30 @@ def test_detection_recipes_hold_the_official_config():
         1e-4, 0.05, 12, [8, 11], 500, 0.001)
     assert coco.min_size == list(range(480, 801, 32)) and coco.max_size == 1333 and coco.batch_size == 2
     assert coco.model_kwargs == {'drop_path_rate': 0.2} and coco.backbone == 'as_mlp_tiny'
+
+
+@pytest.mark.parametrize('breakage,fragment', [
+    ('json', 'annotations.json'),
+    ('box', 'outside'),
+    ('category', 'category'),
+    ('image', 'are not in'),
+])
+def test_bad_detection_data_gives_one_line_naming_the_file(breakage, fragment, tmp_path, capsys):
+    import json
+    _, args, _ = _args('detect', tmp_path)
+    ann = tmp_path / 'data' / 'train' / 'annotations.json'
+    coco = json.loads(ann.read_text())
+    if breakage == 'json':
+        ann.write_text(ann.read_text()[:-5])
+    else:
+        if breakage == 'box':
+            coco['annotations'][0]['bbox'] = [70.0, 50.0, 40.0, 40.0]  # past the 80 x 64 image
+        elif breakage == 'category':
+            coco['annotations'][0]['category_id'] = 9
+        else:
+            (tmp_path / 'data' / 'train' / 'images' / coco['images'][0]['file_name']).unlink()
+        ann.write_text(json.dumps(coco))
+    rc, _, err = cli(capsys, 'train', *args, *COMMON, '--output', tmp_path / 'run')
+    assert_one_error_line(rc, err, 'train', fragment)
+    if breakage != 'image':
+        assert 'annotations.json' in err
