@@ -392,15 +392,5 @@ def scaled_lrs(cfg: TrainConfig, global_batch: int) -> tuple[float, float, float
     return lr, cfg.warmup_lr * wf, cfg.min_lr * wf, text
 
 
-def default_output(cfg: TrainConfig) -> Path:
-    """``runs/<dataset>-<model>``, with a ``-N`` suffix when that folder already holds a run."""
-    base = Path('runs') / f'{cfg.dataset}-{cfg.model}'
-    out, n = base, 1
-    while (out / 'last.pth').exists() or (out / 'config.yaml').exists():
-        n += 1
-        out = base.with_name(f'{base.name}-{n}')
-    return out
-
-
 def env_world_size() -> int:
     return int(os.environ.get('WORLD_SIZE', '1'))

@@ -37,7 +37,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from .distributed import DistInfo
 from .metrics import _floats, _pyplot, _save, read_metrics
-from .run import Run, StepOutput, Task, resumed_options
+from .run import Run, StepOutput, Task, resolve_task_config
 from .run import fit as fit_task
 
 __all__ = ['DetConfig', 'DetectTask', 'StepWarmupLR', 'build_detector', 'build_detection_data', 'fit_det',
@@ -132,16 +132,7 @@ class DetConfig:
 
 def resolve_det_config(overrides: dict) -> DetConfig:
     """Defaults < the resumed checkpoint's configuration < ``overrides`` (the options given)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None and v != ''}
-    base, meta = resumed_options(overrides)
-    if base is not None and meta.get('task') != 'detection':
-        raise UsageError(f'{overrides["resume"]!r} is not a detection run; resume it with mlpvision train '
-                         f'--resume auto --output {overrides["output"]} (the task is read from the checkpoint)')
-    names = {f.name for f in dataclasses.fields(DetConfig)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise UsageError(f'unknown detection options {sorted(unknown)}')
-    values = {**{k: v for k, v in (base or {}).items() if k in names}, **overrides}
+    values = resolve_task_config(DetConfig, 'detection', overrides)
     for k in ('min_size', 'lr_steps'):
         if k in values:
             values[k] = [int(v) for v in values[k]]

@@ -476,6 +476,23 @@ def resumed_options(overrides: dict) -> tuple[dict | None, dict]:
     return {k: v for k, v in meta['config'].items() if k not in ('resume', 'overwrite')}, meta
 
 
+def resolve_task_config(config: type, kind: str, overrides: dict) -> dict:
+    """The values of a task's ``config`` dataclass: its defaults < the resumed checkpoint's configuration (which must
+    be a ``kind`` run) < ``overrides`` (the options given; None and '' mean not given)."""
+    import dataclasses
+
+    overrides = {k: v for k, v in overrides.items() if v is not None and v != ''}
+    base, meta = resumed_options(overrides)
+    if base is not None and meta.get('task') != kind:
+        raise UsageError(f'{overrides["resume"]!r} is not a {kind} run; resume it with mlpvision train '
+                         f'--resume auto --output {overrides["output"]} (the task is read from the checkpoint)')
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise UsageError(f'unknown {kind} options {sorted(unknown)}')
+    return {**{k: v for k, v in (base or {}).items() if k in names}, **overrides}
+
+
 def default_output(dataset: str, model: str) -> Path:
     """``runs/<dataset>-<model>``, with a ``-N`` suffix when that folder already holds a run."""
     base = Path('runs') / f'{dataset}-{model}'

@@ -40,7 +40,7 @@ from .checkpoint import load_checkpoint_file
 from .distributed import DistInfo, all_reduce_sum
 from .evaluate import autocast_context
 from .metrics import _floats, _pyplot, _save, read_metrics
-from .run import Run, StepOutput, Task, resumed_options
+from .run import Run, StepOutput, Task, resolve_task_config
 from .run import fit as fit_task
 
 __all__ = ['SegConfig', 'SegMetrics', 'confusion_matrix', 'seg_metrics', 'build_seg_model', 'poly_lr',
@@ -325,16 +325,7 @@ def _check(cfg: SegConfig) -> None:
 
 def resolve_seg_config(overrides: dict) -> SegConfig:
     """Defaults < the resumed checkpoint's configuration < ``overrides`` (the flags given)."""
-    overrides = {k: v for k, v in overrides.items() if v is not None and v != ''}
-    base, meta = resumed_options(overrides)
-    if base is not None and meta.get('task') != 'segmentation':
-        raise UsageError(f'{overrides["resume"]!r} is not a segmentation run; resume it with mlpvision train '
-                         f'--resume auto --output {overrides["output"]} (the task is read from the checkpoint)')
-    names = {f.name for f in dataclasses.fields(SegConfig)}
-    unknown = set(overrides) - names
-    if unknown:
-        raise UsageError(f'unknown segmentation options {sorted(unknown)}')
-    return SegConfig(**{**{k: v for k, v in (base or {}).items() if k in names}, **overrides})
+    return SegConfig(**resolve_task_config(SegConfig, 'segmentation', overrides))
 
 
 class PolyLR:
