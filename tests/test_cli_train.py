@@ -1,5 +1,7 @@
 """`mlpvision train / validate / predict / demo`: results on a small trained model, and one clear error line (exit
 status 2, no traceback) for each kind of bad input."""
+import csv
+import logging
 import os
 import subprocess
 import sys
@@ -133,15 +135,34 @@ def test_bad_dataset_inputs(capsys, tmp_path):
     assert_one_error_line(rc, err, 'train', "unknown lr scale 'cubic'")
 
 
-def test_corrupt_training_image(capsys, tmp_path):
+IN_MEMORY = ['--data-in-memory', '--train-crop', 'pad', '--color-jitter', '0']
+
+
+@pytest.mark.parametrize('in_memory', [False, True], ids=['per-image', 'in-memory'])
+def test_corrupt_training_image(capsys, caplog, tmp_path, in_memory):
+    """A corrupt file stops the run naming it; with --skip-corrupt it is replaced and counted, in both data paths
+    alike: per epoch in metrics.csv, and in one line at the end."""
     data = _folder(tmp_path / 'data', corrupt='train/b/1.png')
-    common = ['train', '--dataset', 'imagefolder', '--data-dir', data, '--batch-size', '2', '--epochs', '1', *TINY]
+    common = ['train', '--dataset', 'imagefolder', '--data-dir', data, '--batch-size', '2', '--epochs', '1', *TINY,
+              *(IN_MEMORY if in_memory else [])]
     rc, _, err = cli(capsys, *common, '--output', tmp_path / 'r1')
-    assert_one_error_line(rc, err, 'train', str(data / 'train' / 'b' / '1.png'), '--skip-corrupt')
-    rc, out, err = cli(capsys, *common, '--output', tmp_path / 'r2', '--skip-corrupt')
+    assert_one_error_line(rc, err.strip().splitlines()[-1], 'train', str(data / 'train' / 'b' / '1.png'),
+                          '--skip-corrupt')
+    with caplog.at_level(logging.INFO, logger='mlpvision'):
+        rc, out, err = cli(capsys, *common, '--output', tmp_path / 'r2', '--skip-corrupt')
     assert rc == 0, err
-    rows = (tmp_path / 'r2' / 'metrics.csv').read_text().splitlines()
-    assert rows[1].split(',')[-1] == '1'  # corrupt_skipped
+    rows = list(csv.DictReader(open(tmp_path / 'r2' / 'metrics.csv')))
+    assert rows[0]['corrupt_skipped'] == '1' and rows[0]['val_corrupt_skipped'] == '0'
+    assert ('skipped over the run: 1 corrupt training images replaced by a readable one (corrupt_skipped)'
+            in caplog.text)
+    (data / 'val' / 'a' / '0.png').write_bytes(b'broken too')
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='mlpvision'):
+        rc, out, err = cli(capsys, *common, '--output', tmp_path / 'r3', '--skip-corrupt')
+    assert rc == 0, err
+    rows = list(csv.DictReader(open(tmp_path / 'r3' / 'metrics.csv')))
+    assert rows[0]['corrupt_skipped'] == '1' and rows[0]['val_corrupt_skipped'] == '1'
+    assert '1 corrupt validation images left out of the scores (val_corrupt_skipped)' in caplog.text
 
 
 def test_nan_loss_keeps_last_checkpoint(capsys, tmp_path):

@@ -1,5 +1,10 @@
 """In-memory data: batched pad-crop / flip / normalise has the per-image transforms' distribution, every output is
-one of their outputs, and the loader's order and augmentation survive a mid-epoch resume."""
+one of their outputs, the loader's order and augmentation survive a mid-epoch resume, and the decode cache is used
+only for the files and decoding it was made from."""
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,20 +130,108 @@ class _PILDataset(torch.utils.data.Dataset):
         return Image.fromarray(arr), i % 2, 0  # as ImageFileDataset: image, target, was_corrupt
 
 
-def test_decode_images_caches_and_checks_sizes(tmp_path):
-    ds = _PILDataset([(6, 5)] * 4)
+def _image_files(root, n=4, shift=0, size=(6, 5)):
+    """``n`` PNG files under ``root`` (two classes), pixels offset by ``shift``, and their ImageFileDataset."""
+    from mlpvision.data.datasets import ImageFileDataset
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i in range(n):
+        arr = (np.arange(size[0] * size[1] * 3).reshape(*size, 3) + 10 * i + shift).astype(np.uint8)
+        path = root / f'{i}.png'
+        Image.fromarray(arr).save(path)
+        samples.append((str(path), i % 2))
+    return ImageFileDataset(samples, ['a', 'b'])
+
+
+def test_decode_images_caches_and_checks_sizes(tmp_path, caplog):
+    ds = _image_files(tmp_path / 'img')
     cache = tmp_path / 'cache' / 'train.npz'
-    images, labels = decode_images(ds, cache=cache)
+    images, labels, corrupt = decode_images(ds, cache=cache)
     assert images.shape == (4, 3, 6, 5) and images.dtype == torch.uint8 and labels.tolist() == [0, 1, 0, 1]
+    assert corrupt.tolist() == [0, 0, 0, 0]
     assert torch.equal(images[1].permute(1, 2, 0), torch.from_numpy(np.array(ds[1][0])))
-    again, _ = decode_images(ds, cache=cache)
-    assert torch.equal(again, images) and cache.is_file()
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        again = decode_images(ds, cache=cache)
+    assert torch.equal(again.images, images) and cache.is_file() and 'read 4 decoded images from' in caplog.text
     geometry = transforms.Compose([transforms.Resize(4), transforms.CenterCrop(4)])
-    resized, _ = decode_images(_PILDataset([(6, 5), (9, 9)]), transform=geometry)
+    resized, _, _ = decode_images(_PILDataset([(6, 5), (9, 9)]), transform=geometry)
     assert resized.shape == (2, 3, 4, 4)
     expected = np.array(geometry(_PILDataset([(9, 9)] * 2)[1][0]))
     assert torch.equal(resized[1].permute(1, 2, 0), torch.from_numpy(expected))
-    gray, _ = decode_images(_PILDataset([(6, 5)]), transform=lambda im: im.convert('L'))
+    gray = decode_images(_PILDataset([(6, 5)]), transform=lambda im: im.convert('L')).images
     assert gray.shape == (1, 1, 6, 5)
     with pytest.raises(ValueError, match='one size'):
         decode_images(_PILDataset([(6, 5), (9, 9)]))
+
+
+def test_cache_of_changed_images_is_decoded_again(tmp_path, caplog):
+    """The stale-cache case: the same number of images under the same names, new pixels -> the new pixels."""
+    ds = _image_files(tmp_path / 'img')
+    cache = tmp_path / 'train.npz'
+    old = decode_images(ds, cache=cache).images
+    ds = _image_files(tmp_path / 'img', shift=100)
+    for i, (path, _) in enumerate(ds.samples):  # a later modification time whatever the file system's resolution
+        os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9 * (i + 1)))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        new = decode_images(ds, cache=cache).images
+    assert 'was made from other image files' in caplog.text and 'decoding again' in caplog.text
+    assert not torch.equal(new, old)
+    assert torch.equal(new[2].permute(1, 2, 0), torch.from_numpy(np.array(ds[2][0])))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        assert torch.equal(decode_images(ds, cache=cache).images, new)  # the rewritten cache is used again
+    assert 'read 4 decoded images' in caplog.text
+
+
+def test_cache_of_other_labels_or_decoding_is_decoded_again(tmp_path, caplog):
+    from mlpvision.data.datasets import ImageFileDataset
+    ds = _image_files(tmp_path / 'img')
+    cache = tmp_path / 'train.npz'
+    decode_images(ds, cache=cache)
+    relabelled = ImageFileDataset([(p, 1 - t) for p, t in ds.samples], ds.classes)
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        assert decode_images(relabelled, cache=cache).labels.tolist() == [1, 0, 1, 0]
+    assert 'other image files (names, sizes or modification times) or labels' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        smaller = decode_images(relabelled, transforms.Resize(3), cache=cache)
+    assert smaller.images.shape == (4, 3, 3, 3)
+    assert 'with other decoding parameters' in caplog.text and 'Resize(size=3' in caplog.text
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'not a zip', 'no key'])
+def test_unreadable_or_old_cache_is_made_again(tmp_path, caplog, damage):
+    ds = _image_files(tmp_path / 'img')
+    cache = tmp_path / 'train.npz'
+    good = decode_images(ds, cache=cache).images
+    if damage == 'truncated':
+        cache.write_bytes(cache.read_bytes()[:200])
+    elif damage == 'not a zip':
+        cache.write_text('hello')
+    else:  # a cache of the first format: arrays without the key they were made from
+        np.savez(cache, images=np.zeros((4, 3, 6, 5), np.uint8), labels=np.zeros(4, np.int64))
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        again = decode_images(ds, cache=cache).images
+    assert torch.equal(again, good)
+    assert ('by an older version' if damage == 'no key' else 'is unreadable') in caplog.text
+    assert torch.equal(decode_images(ds, cache=cache).images, good)  # and the cache is whole again
+
+
+def test_a_dataset_of_unknown_source_is_not_cached(tmp_path, caplog):
+    cache = tmp_path / 'c.npz'
+    with caplog.at_level(logging.INFO, logger='mlpvision.data.memory'):
+        decode_images(_PILDataset([(6, 5)] * 2), cache=cache)
+    assert not cache.exists() and 'does not say what its images are read from' in caplog.text
+
+
+def test_corrupt_files_are_flagged_and_the_flags_reach_the_batches(tmp_path):
+    from mlpvision.data.datasets import ImageFileDataset
+    ds = _image_files(tmp_path / 'img')
+    Path(ds.samples[1][0]).write_bytes(b'not an image')
+    ds = ImageFileDataset(ds.samples, ds.classes, skip_corrupt=True)
+    d = decode_images(ds, cache=tmp_path / 'c.npz')
+    assert d.corrupt.tolist() == [0, 1, 0, 0]
+    assert decode_images(ds, cache=tmp_path / 'c.npz').corrupt.tolist() == [0, 1, 0, 0]  # kept in the cache
+    loader = InMemoryLoader.eval(d.images, d.labels, 3, BatchAugment(**RAW, train=False), corrupt=d.corrupt)
+    assert [b[2].tolist() for b in loader] == [[0, 1, 0], [0]]

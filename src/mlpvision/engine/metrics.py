@@ -16,7 +16,7 @@ __all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'plot_curves', 'plot_
 
 METRIC_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'train_acc1', 'val_loss', 'val_acc1', 'val_acc5',
                   'ema_val_loss', 'ema_val_acc1', 'ema_val_acc5', 'img_per_s', 'epoch_time_s', 'wall_s',
-                  'corrupt_skipped')
+                  'corrupt_skipped', 'val_corrupt_skipped')
 
 
 def progress_bar(iterable: Iterable, enabled: bool, **kwargs: Any) -> Any:

@@ -15,7 +15,9 @@ its curves (:meth:`Task.plot`). Everything else is here, written once:
   no training; SIGINT / SIGTERM save at the next step boundary and print the command that resumes;
 * the non-finite loss check, on the loss averaged over processes so that every process stops at the same step;
 * ``best.pth`` kept by the task's own score (the EMA's when EMA is on);
-* a check before the first step of what would otherwise fail only at the first evaluation (:meth:`Task.preflight`).
+* a check before the first step of what would otherwise fail only at the first evaluation (:meth:`Task.preflight`);
+* the task's counters of skipped, replaced or dropped items (:attr:`Task.counters`: metrics.csv columns), shown in
+  each epoch's line and summed over the run in one line at its end.
 
 Where the classification and segmentation loops used to differ, the behaviour kept is (issue 25): ``--resume auto``
 with nothing to resume warns and starts the run the options describe (the printed resume command can be rerun
@@ -54,7 +56,7 @@ from ..errors import UsageError
 from .checkpoint import get_rng_state, load_checkpoint_file, save_checkpoint, set_rng_state
 from .distributed import DistInfo, all_reduce_sum, barrier, destroy_distributed, init_distributed
 from .evaluate import autocast_context
-from .metrics import MetricsLog, progress_bar
+from .metrics import MetricsLog, progress_bar, read_metrics
 
 __all__ = ['Task', 'Run', 'RunResult', 'TrainState', 'Meters', 'fit', 'train_one_epoch', 'NonFiniteLossError',
            'BatchSizeError', 'TrainingInterrupted', 'thread_split', 'available_cores', 'amp_dtype', 'resume_path',
@@ -251,6 +253,8 @@ class Task:
     columns: ClassVar[tuple[str, ...]] = ()  # metrics.csv columns
     score: ClassVar[str] = ''  # the row key best.pth is kept by (higher is better)
     score_label: ClassVar[str] = ''  # e.g. 'top-1', 'mIoU', 'box AP'
+    # metrics.csv columns that count items skipped, replaced or dropped in an epoch, and what each counts
+    counters: ClassVar[dict[str, str]] = {}
 
     train_loader: Any
     val_loader: Any
@@ -370,6 +374,7 @@ class RunResult:
     elapsed_s: float
     model: nn.Module = field(repr=False)
     extra: dict = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # the task's counters summed over metrics.csv's epochs
 
 
 # -- threads, devices, folders ------------------------------------------------------------------------------------
@@ -776,12 +781,15 @@ def train(run: Run) -> RunResult:
             log.close()
     if info.primary and cfg.plot and plot is None:  # resumed after its last epoch: the plot of the rows there are
         plot = task.plot(run.output / 'metrics.csv', run.output / 'curves.png', task.description)
+    counts = count_totals(task, read_metrics(run.output / 'metrics.csv')) if info.primary else {}
+    if any(counts.values()):
+        _logger.info('%s', counts_line(task, counts, 'over the run'))
     best = run.output / 'best.pth'
     return RunResult(
         output_dir=run.output, last=run.output / 'last.pth', best=best if best.exists() else None,
         metrics_csv=run.output / 'metrics.csv', plot=plot, config_yaml=config_path, best_metric=state.best_metric,
         best_epoch=state.best_epoch, last_eval=run.last_eval, description=task.description, params=run.params,
-        elapsed_s=time.perf_counter() - t_start, model=state.model, extra=task.result(run))
+        elapsed_s=time.perf_counter() - t_start, model=state.model, extra=task.result(run), counts=counts)
 
 
 def _sync_buffers(model: nn.Module, info: DistInfo) -> None:
@@ -896,9 +904,21 @@ def _log_epoch(run: Run, row: dict) -> None:
     if val:
         parts.append(val)
     parts.append(f'lr {row["lr"]:.2e}  {row["img_per_s"]:.1f} img/s  {row["epoch_time_s"]:.1f}s')
-    if row.get('corrupt_skipped'):
-        parts.append(f'{row["corrupt_skipped"]} corrupt images skipped')
+    counts = {k: row.get(k) or 0 for k in run.task.counters}
+    if any(counts.values()):
+        parts.append(counts_line(run.task, counts))
     _logger.info('  '.join(parts))
+
+
+def count_totals(task: Task, rows: list[dict[str, str]]) -> dict[str, int]:
+    """Each of the task's counters summed over ``rows`` (metrics.csv's: every epoch, resumed ones included)."""
+    return {k: sum(int(float(r[k])) for r in rows if r.get(k)) for k in task.counters}
+
+
+def counts_line(task: Task, counts: dict[str, int], when: str = '') -> str:
+    """e.g. ``skipped over the run: 3 corrupt training images replaced by a readable one (corrupt_skipped)``."""
+    shown = [f'{int(n)} {task.counters[k]} ({k})' for k, n in counts.items() if n]
+    return f'skipped{" " + when if when else ""}: ' + ', '.join(shown)
 
 
 def _timm_version() -> str:

@@ -85,6 +85,7 @@ class TrainResult:
     params: int
     elapsed_s: float
     model: nn.Module = field(repr=False)
+    counts: dict[str, int] = field(default_factory=dict)  # skipped / replaced items over the run (Task.counters)
 
 
 # -- configuration and model --------------------------------------------------------------------------------------
@@ -215,18 +216,20 @@ def _in_memory_loaders(cfg: TrainConfig, info: DistInfo, dc: DataConfig, train_d
         data.dataset.transform = None  # decode_images applies the geometry; the batches get the rest
         path = cache / f'decoded-{tag}-{name}.npz'
         if info.primary:
-            _logger.info('data: decoding the %s split into memory (%s)', name,
-                         'cached' if path.is_file() else f'once; cached in {path}')
+            _logger.info('data: the %s split in memory (cache %s)', name, path)
             decoded.append(decode_images(data.dataset, geometry, path))
         barrier(info)  # the primary wrote the cache; the others read it
         if not info.primary:
-            decoded.append(decode_images(data.dataset, geometry, path))
-    (xtr, ytr), (xva, yva) = decoded
+            decoded.append(decode_images(data.dataset, geometry, path, log=False))
+    tr, va = decoded
+    # datasets of image files flag the corrupt files they replaced: the batches carry the flags, to be counted
+    flags = [d.corrupt if getattr(data.dataset, 'skip_corrupt', False) else None
+             for d, data in ((tr, train_data), (va, val_data))]
     mean, std = dc.mean, dc.std
-    train = InMemoryLoader.train(xtr, ytr, cfg.batch_size, BatchAugment(mean, std, 4, cfg.hflip), cfg.seed,
-                                 info.rank, info.world_size)
-    val = InMemoryLoader.eval(xva, yva, cfg.val_batch_size or 2 * cfg.batch_size,
-                              BatchAugment(mean, std, train=False), info.rank, info.world_size)
+    train = InMemoryLoader.train(tr.images, tr.labels, cfg.batch_size, BatchAugment(mean, std, 4, cfg.hflip),
+                                 cfg.seed, info.rank, info.world_size, corrupt=flags[0])
+    val = InMemoryLoader.eval(va.images, va.labels, cfg.val_batch_size or 2 * cfg.batch_size,
+                              BatchAugment(mean, std, train=False), info.rank, info.world_size, corrupt=flags[1])
     return train, val
 
 
@@ -283,6 +286,8 @@ class ClassifyTask(Task):
     columns = METRIC_COLUMNS
     score = 'val_acc1'
     score_label = 'top-1'
+    counters = {'corrupt_skipped': 'corrupt training images replaced by a readable one',
+                'val_corrupt_skipped': 'corrupt validation images left out of the scores'}
 
     cfg: TrainConfig
     final: EvalResult | None = None
@@ -370,7 +375,7 @@ class ClassifyTask(Task):
         res = evaluate(model, self.val_loader, self.num_classes, run.info.device, run.amp_dtype,
                        self.cfg.channels_last, run.info, self.train_data.classes, run.progress, desc=desc)
         self.final = res
-        return dict(val_loss=res.loss, val_acc1=res.top1, val_acc5=res.top5)
+        return dict(val_loss=res.loss, val_acc1=res.top1, val_acc5=res.top5, val_corrupt_skipped=res.skipped)
 
     def epoch_line(self, row: dict[str, Any]) -> str:
         parts = []
@@ -428,4 +433,5 @@ def fit(cfg: TrainConfig, progress: bool | None = None) -> TrainResult:
     r = fit_task(task, progress)
     return TrainResult(output_dir=r.output_dir, last=r.last, best=r.best, metrics_csv=r.metrics_csv, plot=r.plot,
                        config_yaml=r.config_yaml, best_acc1=r.best_metric, best_epoch=r.best_epoch, final=task.final,
-                       description=r.description, params=r.params, elapsed_s=r.elapsed_s, model=r.model)
+                       description=r.description, params=r.params, elapsed_s=r.elapsed_s, model=r.model,
+                       counts=r.counts)
