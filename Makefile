@@ -33,6 +33,7 @@ test-inductor: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports .importlinter
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

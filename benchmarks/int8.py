@@ -37,7 +37,8 @@ from collections.abc import Callable
 import torch
 
 import mlpvision
-from mlpvision.bench import BenchSettings, _loadavg, environment
+from mlpvision.bench import BenchSettings, environment
+from mlpvision.host import loadavg
 from mlpvision.quantize import QuantizedModel, quantize
 
 FORMS = ('fp32', 'bf16', 'bf16 compiled', 'int8', 'int8+bf16')
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(n):
                     fn()
                 samples[key].append(n * args.batch_size / (time.perf_counter() - t))
-            print(f'[repeat {r + 1}/{args.repeats}] load {_loadavg()}', file=sys.stderr, flush=True)
-    env['loadavg_after'] = _loadavg()
+            print(f'[repeat {r + 1}/{args.repeats}] load {loadavg()}', file=sys.stderr, flush=True)
+    env['loadavg_after'] = loadavg()
 
     print(f'# int8 against fp32 and bf16 (deploy form, batch {args.batch_size}, {args.img_size}x{args.img_size}, '
           f'{torch.get_num_threads()} threads, {args.repeats} interleaved repeats, medians)\n')

@@ -34,9 +34,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import mlpvision
-    from mlpvision.bench import _quiet_stderr, gemm_peaks
     from mlpvision.cli._common import parse_model_kwargs
     from mlpvision.engine.train import takes_img_size
+    from mlpvision.host import gemm_peaks, quiet_stderr
 
     kwargs = dict(parse_model_kwargs(args.model_kwargs), num_classes=args.num_classes)
     if takes_img_size(args.model):
@@ -60,7 +60,7 @@ def main() -> None:
     for _ in range(args.steps):
         step()
     wall = (time.perf_counter() - t) / args.steps
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:  # kineto's C++ start-up messages
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:  # kineto's C++ start-up messages
         for _ in range(args.steps):
             step()
     ips = args.batch_size / wall

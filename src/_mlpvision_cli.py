@@ -11,13 +11,17 @@ starts torch's OpenMP runtime. Two things must happen before that, so they live 
   "Threads"). OpenMP reads the variable once, when torch's runtime is loaded, so setting it later (in
   :mod:`mlpvision.cli.main`) would do nothing. A value already in the environment is kept.
 
-Every other command is handed to :func:`mlpvision.cli.main.main`. ``python -m mlpvision.cli.main`` (the form torchrun
-runs) skips this stage: set ``OMP_WAIT_POLICY`` yourself there if you give each process more than one thread
-(torchrun gives one by default).
+Every other command goes to :func:`run`, which builds the full parser (one module per subcommand in
+:mod:`mlpvision.cli`, each with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``) and runs the command.
+This module owns the parser; :mod:`mlpvision.cli.main` only calls :func:`run`, so the two do not import each other.
+``python -m mlpvision.cli.main`` (the form torchrun runs) skips the first stage: set ``OMP_WAIT_POLICY`` yourself
+there if you give each process more than one thread (torchrun gives one by default).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
 import os
 import sys
 
@@ -68,6 +72,44 @@ def _version() -> str:
         return __version__
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: every subcommand with its options (imports mlpvision, hence torch)."""
+    from mlpvision._version import __version__
+
+    parser, sub = top_parser(__version__)
+    for name, (module, _) in SUBCOMMANDS.items():
+        mod = importlib.import_module(f'mlpvision.cli.{module}')
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors mlpvision raises on purpose (bad options, data, checkpoints, a NaN loss), each with a message
+    naming the problem and its fix: the CLI prints them as one line and exits with status 2. Anything else (a
+    ``RuntimeError`` from torch, a ``ValueError`` mlpvision did not raise itself, a bug) keeps its traceback."""
+    from mlpvision.errors import MlpvisionError  # CheckpointError and UsageError included
+
+    return (MlpvisionError,)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with the full parser and run the subcommand: its status, 2 for an expected error (printed as
+    one line), 128 + the signal's number for an interrupted run (saved; the message says how to resume)."""
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except expected_errors() as e:
+        print(f'mlpvision {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # mlpvision.engine.run.TrainingInterrupted: saved, its message says how to resume
+        print(f'mlpvision {args.command}: interrupted' + (f': {e}' if str(e) else ''), file=sys.stderr)
+        return 128 + getattr(e, 'signum', 2)  # the shell's status for death by that signal (SIGINT: 130)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ('-h', '--help', '--version'):
@@ -77,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # prints the help or the version and exits; no arguments: the usage error
         return 0
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    from mlpvision.cli.main import main as run
-
     return run(argv)
 
 

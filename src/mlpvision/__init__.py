@@ -6,6 +6,7 @@ from . import hub  # downloads, the Hub folder format, convert
 from ._checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_state_dict
 from ._profile import Profile, count_params, profile
 from ._reparam import is_reparameterized, reparameterize
+from ._version import __version__
 from .models import (
     ModelMeta,
     Weights,
@@ -17,8 +18,6 @@ from .models import (
     model_meta,
     pretrained_weights,
 )
-
-__version__ = '0.1.0'
 
 __all__ = [
     'create_model', 'list_models', 'is_model', 'model_family', 'model_meta', 'ModelMeta', 'reparameterize',

@@ -314,7 +314,7 @@ def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
 def _versions() -> dict[str, str]:
     import torchao
 
-    from . import __version__
+    from ._version import __version__
     return {'mlpvision': __version__, 'torch': torch.__version__, 'torchao': torchao.__version__}
 
 

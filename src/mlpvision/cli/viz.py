@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _split_inputs(inputs: list[str]) -> tuple[str | None, list[str]]:
     """``[MODEL] IMAGE...``: the first item is the model when it is a registered name."""
-    from mlpvision import is_model
+    from mlpvision.models import is_model
 
     if inputs and is_model(inputs[0]):
         return inputs[0], inputs[1:]
@@ -75,7 +75,7 @@ def _load(args: argparse.Namespace, name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlpvision import viz
+    import mlpvision.viz as viz
 
     apply_threads(args.threads)
     cmd = args.viz_command

@@ -48,8 +48,8 @@ import torch.nn as nn
 import yaml
 from timm.utils import random_seed
 
-from .. import __version__
 from .._checkpoint import CheckpointError, load_weights
+from .._version import __version__
 from ..data.datasets import CorruptImageError, worker_error_message
 from ..data.loader import set_loader_epoch
 from ..errors import UsageError

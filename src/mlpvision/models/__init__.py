@@ -8,6 +8,7 @@ from ._registry import (
     is_model,
     list_models,
     list_pretrained,
+    load_pretrained_dir,
     model_family,
     model_meta,
     pretrained_weights,

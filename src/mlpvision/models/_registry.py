@@ -7,7 +7,7 @@ mlpvision's models and :func:`create_model` can say which of our names come clos
 Pretrained weights: every released official checkpoint is a tag of its variant (timm's ``name.tag``), described by
 a :class:`Weights` entry in the family's cfgs (source, host, the source's top-1, license). ``pretrained=True``
 (through :func:`create_model` or ``timm.create_model``) goes through :func:`build_model`: a direct download is
-fetched by :func:`mlpvision.hub.download_weights` (cached, size / web page / hash checked, read without executing
+fetched by :func:`mlpvision._download.download_weights` (cached, size / web page / hash checked, read without executing
 code), a local ``file`` is read the same way, and both are mapped by the family's checkpoint filter and loaded
 strictly through timm's own loader (which still adapts the classifier and input channels, and wraps
 ``features_only``). A tag whose release is on Google Drive, OneDrive or Baidu raises one error naming the page and
@@ -41,7 +41,7 @@ from ..errors import UsageError
 
 __all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'create_any_model',
            'model_entrypoint', 'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights',
-           'pretrained_weights', 'list_pretrained']
+           'pretrained_weights', 'list_pretrained', 'load_pretrained_dir']
 
 _MODEL_NAMES: dict[str, str] = {}  # name -> family (module file name)
 
@@ -134,7 +134,6 @@ def create_model(
     name = os.fspath(name)
     source, _, rest = name.partition(':')
     if source == 'local-dir' or (not is_model(name) and os.path.isdir(name)):
-        from ..hub import load_pretrained_dir
         path = rest if source == 'local-dir' else name
         if not os.path.isdir(path):
             raise UsageError(f'{path!r} is not a folder; `mlpvision convert` writes one (model.safetensors + '
@@ -159,6 +158,22 @@ def create_model(
 
 
 _FEATURE_ARGS = ('features_only', 'out_indices', 'feature_cls')  # what timm's build_model_with_cfg takes for itself
+
+
+def load_pretrained_dir(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """The model saved in a Hub-style folder (:func:`mlpvision.hub.save_pretrained`), loaded strictly (train or
+    deploy form, as saved). ``kwargs`` go to :func:`create_model` over the saved ``model_args``."""
+    from ._folder import apply_saved_cfg, folder_contents
+
+    cfg, weights = folder_contents(path)
+    arch = cfg['architecture']
+    if not is_model(arch):
+        raise CheckpointError(f'{str(path)!r} holds a {arch!r}, which is not an mlpvision model; load it with '
+                              f'timm.create_model("local-dir:{path}", pretrained=True).')
+    args = dict(cfg.get('model_args') or {})
+    args.update(kwargs)
+    deploy = bool(args.pop('deploy', False))
+    return apply_saved_cfg(create_model(arch, checkpoint_path=weights, deploy=deploy, **args), cfg, weights)
 
 
 def create_any_model(name: str | os.PathLike, **kwargs) -> nn.Module:
@@ -252,7 +267,7 @@ def _pretrained_source(variant: str, kwargs: dict) -> tuple[dict, str] | None:
         return read_state_dict(cfg.file), f'Checkpoint {str(cfg.file)!r}'
     weights = _WEIGHTS.get(name)
     if cfg.url:
-        from ..hub import download_weights
+        from .._download import download_weights
         url = cfg.url if isinstance(cfg.url, str) else cfg.url[0]
         registered = weights if weights is not None and weights.url == url else None  # not for another URL
         _, obj = download_weights(url, sha256=registered and registered.sha256, cache=kwargs.get('cache_dir'),
