@@ -38,11 +38,12 @@ def validate_task(task: str, ckpt: dict, args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint, data_dir=args.data_dir, dataset=args.dataset, split=args.split,
             base_size=None, eval_mode=cfg.get('eval_mode', 'whole'), slide_crop=cfg.get('slide_crop', [512, 512]),
             slide_stride=cfg.get('slide_stride', [341, 341]), output=args.output, device=args.device,
-            threads=args.threads))
+            threads=args.threads, relabel=getattr(args, 'relabel', False)))
     return _validate_detection(ckpt, args)
 
 
 def _validate_detection(ckpt: dict, args: argparse.Namespace) -> int:
+    from mlpvision.data.checks import check_class_names
     from mlpvision.data.loader import create_eval_loader
     from mlpvision.engine.detection import (
         _collate,
@@ -67,10 +68,9 @@ def _validate_detection(ckpt: dict, args: argparse.Namespace) -> int:
     cfg = resolve_det_config(options)
     split = cfg.val_split if args.split == 'val' else cfg.train_split if args.split == 'train' else args.split
     data = build_detection_data(cfg, split, train=False)
-    if data.classes != list(meta['classes']):
-        from mlpvision.errors import UsageError
-        raise UsageError(f'the data declares categories {data.classes[:5]}, the checkpoint was trained on '
-                         f'{list(meta["classes"])[:5]}; evaluate it on data of its categories')
+    check_class_names(list(meta['classes']), data.classes, f'checkpoint {args.checkpoint!r}',
+                      f'{cfg.dataset} {split}', getattr(args, 'relabel', False),
+                      fix='evaluate it on data of its categories')
     loader = create_eval_loader(data, 1)
     loader.collate_fn = _collate
     res = evaluate_detector(model.to(device), loader, data, device)

@@ -148,10 +148,11 @@ def _with_default(help_: str, f: dataclasses.Field) -> str:
 
 
 _DATA = {'dataset', 'data_dir', 'download', 'train_split', 'val_split', 'fake_size', 'fake_classes', 'skip_corrupt',
+         'allow_empty_classes',
          'img_size', 'in_chans', 'mean', 'std', 'interpolation', 'crop_pct', 'train_crop', 'scale', 'ratio', 'hflip',
          'color_jitter', 'aa', 'reprob', 'remode', 'recount', 'aug_repeats', 'batch_size', 'val_batch_size',
          'workers', 'data_in_memory', 'data_cache', 'pin_memory'}
-_MODEL = {'model', 'model_kwargs', 'drop_rate', 'drop_path_rate', 'finetune', 'sync_bn', 'channels_last',
+_MODEL = {'model', 'model_kwargs', 'drop_rate', 'drop_path_rate', 'finetune', 'relabel', 'sync_bn', 'channels_last',
           'grad_checkpointing', 'compile'}
 _RUN = {'output', 'overwrite', 'resume', 'seed', 'deterministic', 'device', 'threads', 'checkpoint_every_steps',
         'eval_every', 'log_interval', 'log_seconds', 'progress', 'tensorboard', 'plot'}

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--output', '-o', help='folder for the confusion matrix and per-class CSV (default: beside the '
                                           'checkpoint)')
     p.add_argument('--per-class', action='store_true', help='print every class, not only the five worst')
+    p.add_argument('--relabel', action='store_true',
+                   help="read the model's outputs as the data set's classes by position even where their names "
+                        "differ (default: the names must match)")
     add_device_args(p)
 
 
@@ -58,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         model_kwargs=parse_model_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
         batch_size=args.batch_size, workers=args.workers, device=args.device, output_dir=args.output,
         skip_corrupt=args.skip_corrupt, download=args.download, img_size=args.img_size, crop_pct=args.crop_pct,
-        interpolation=args.interpolation, progress=sys.stderr.isatty())
+        interpolation=args.interpolation, progress=sys.stderr.isatty(), relabel=args.relabel)
     print_validation(v, args.per_class)
     return 0

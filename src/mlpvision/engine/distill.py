@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checkpoint import CheckpointError, load_weights, unwrap_state_dict
+from ..data.checks import check_class_names
 from ..errors import UsageError
 from .checkpoint import load_checkpoint_file
 from .config import check_trainable_name
@@ -161,11 +162,9 @@ def build_teacher(name: str, checkpoint: str, classes: list[str], in_chans: int,
     if n_out != len(classes):
         raise UsageError(f'teacher {name} from {checkpoint!r} predicts {n_out} classes but the data set has '
                          f'{len(classes)}; distil from a teacher trained (or fine-tuned) on these classes')
-    if teacher_classes is not None and teacher_classes != list(classes):
-        diff = next(i for i, (a, b) in enumerate(zip(teacher_classes, classes, strict=False)) if a != b)
-        raise UsageError(f'teacher checkpoint {checkpoint!r} has other classes than the data set (class {diff}: '
-                         f'{teacher_classes[diff]!r} there, {classes[diff]!r} here); distil from a teacher trained '
-                         f'on this data set')
+    if teacher_classes is not None:
+        check_class_names(teacher_classes, classes, f'teacher checkpoint {checkpoint!r}', 'the data set',
+                          fix='distil from a teacher trained on this data set', relabel_flag=None)
     if meta is not None and isinstance(meta.get('data_config'), dict):
         dc = meta['data_config']
         if list(dc.get('input_size', []))[1:] not in ([], list(img_size)):

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from .._checkpoint import CheckpointError, load_weights, unwrap_state_dict
+from ..data.checks import check_class_names
 from ..data.datasets import (
     IMG_EXTENSIONS,
     CorruptImageError,
@@ -176,11 +177,14 @@ def validate_checkpoint(
         interpolation: str | None = None,
         progress: bool = False,
         max_confusion_classes: int = 100,
+        relabel: bool = False,
 ) -> ValidateResult:
     """Top-1 / top-5 and per-class accuracy of a checkpoint on a dataset split; writes the confusion-matrix PNG (up
     to ``max_confusion_classes`` classes) and a per-class CSV into ``output_dir`` (default: beside the checkpoint).
 
-    The dataset defaults to the one an mlpvision checkpoint was trained on.
+    The dataset defaults to the one an mlpvision checkpoint was trained on. The class names an mlpvision checkpoint
+    records must be the data set's, in order, unless ``relabel`` (the outputs read as the data set's classes by
+    position).
     """
     loaded = load_for_inference(checkpoint, model, model_kwargs, use_ema, reparam, img_size, crop_pct, interpolation)
     cfg = (loaded.meta or {}).get('config') or {}
@@ -197,6 +201,9 @@ def validate_checkpoint(
     if info.num_classes != loaded.num_classes:
         raise DatasetError(f'the model predicts {loaded.num_classes} classes but {dataset} ({split}) has '
                            f'{info.num_classes}; is it the dataset the checkpoint was trained on?')
+    if (loaded.meta or {}).get('classes'):  # official checkpoints name no classes: nothing to compare
+        check_class_names(loaded.classes, info.classes, f'checkpoint {str(checkpoint)!r}', f'{dataset} ({split})',
+                          relabel, fix='validate it on the data set it was trained on')
     info.dataset.transform = build_transform(loaded.data_cfg, False)
     dev = resolve_device(device)
     net = loaded.model.to(dev)

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checkpoint import load_weights
+from ..data.checks import check_empty_classes, class_counts_line
 from ..data.loader import create_eval_loader, create_train_loader
 from ..data.segmentation import SegEvalTransform, SegTrainTransform, build_seg_dataset
 from ..errors import UsageError
@@ -66,6 +67,7 @@ class SegConfig:
     val_split: str = 'val'
     num_classes: int | None = None
     ignore_index: int = 255
+    allow_empty_classes: bool = False  # train a class with no pixel in the training masks instead of stopping
     base_size: int = 512  # short side; the config's img_scale (2048, 512)
     crop: list = field(default_factory=lambda: [512, 512])
     ratio_range: list = field(default_factory=lambda: [0.5, 2.0])
@@ -363,6 +365,13 @@ class SegmentTask(Task):
                                      SegEvalTransform(cfg.base_size))
         self.classes = train_data.classes
         self.palette = train_data.palette
+        # every mask read once before the first step: values checked, each class's pixels counted
+        threads = max(1, min(8, os.cpu_count() or 1))
+        pixels = train_data.dataset.class_pixels(threads)
+        val_data.dataset.class_pixels(threads)
+        check_empty_classes(self.classes, pixels, f'the training masks of {cfg.data_dir} ({cfg.train_split})',
+                            cfg.allow_empty_classes, unit='pixels')
+        self.pixels_line = class_counts_line(self.classes, pixels, 'of the labelled training pixels', percent=True)
         if len(train_data.dataset) < cfg.batch_size * info.world_size:
             raise UsageError(f'{len(train_data.dataset)} training images is fewer than one batch of '
                              f'{cfg.batch_size * info.world_size}; lower --batch-size')
@@ -447,6 +456,7 @@ class SegmentTask(Task):
         c = self.cfg
         return [f'data: {c.dataset} {c.data_dir}, {self.train_size} training / {self.val_size} validation images, '
                 f'{len(self.classes)} classes, ignore index {c.ignore_index}',
+                f'classes: {self.pixels_line}',
                 f'augmentation: resize to short side {c.base_size} x ratio {c.ratio_range[0]:g}-{c.ratio_range[1]:g}, '
                 f'crop {c.crop[0]}x{c.crop[1]}, hflip {c.hflip:g}, photometric {"on" if c.photometric else "off"}; '
                 f'evaluation {c.eval_mode}']

@@ -30,12 +30,14 @@ from timm.data.transforms import MaybeToTensor
 from timm.utils import random_seed
 
 from .._checkpoint import load_finetune_weights
+from ..data.checks import check_class_names, check_empty_classes, class_counts, class_counts_line, same_stem_groups
 from ..data.datasets import DatasetInfo, build_dataset
 from ..data.loader import create_eval_loader, create_train_loader
 from ..data.memory import BatchAugment, InMemoryLoader, decode_images
 from ..data.transforms import DataConfig, ToMode, build_transform, resolve_data_config
 from ..errors import UsageError
 from ..models import create_any_model
+from .checkpoint import load_checkpoint_file
 from .config import TrainConfig, check_trainable_name, load_recipe, make_config, scaled_lrs
 from .distill import Distiller, build_teacher
 from .distributed import DistInfo, barrier
@@ -196,6 +198,40 @@ def _set_transforms(cfg: TrainConfig, dc: DataConfig, train_data: DatasetInfo, v
             ds.image_size = (3, *dc.img_size)
 
 
+def _check_finetune_classes(cfg: TrainConfig, train_data: DatasetInfo) -> None:
+    """The class names a ``--finetune`` checkpoint records (ours do; official ones name none) against the data
+    set's, when its classifier fits and is kept."""
+    meta = load_checkpoint_file(cfg.finetune).get('mlpvision')
+    if isinstance(meta, dict) and meta.get('classes'):
+        check_class_names(meta['classes'], train_data.classes, f'--finetune {cfg.finetune!r}',
+                          f'the training split of {cfg.data_dir or cfg.dataset}', cfg.relabel,
+                          fix="name the data set's classes as the checkpoint's")
+
+
+def _data_shape(cfg: TrainConfig, train_data: DatasetInfo, val_data: DatasetInfo) -> list[str]:
+    """The data set's shape as start-up lines (images per class of each split, files of one stem in one folder);
+    a class without training images stops the run unless ``--allow-empty-classes``."""
+    lines = []
+    for split, data in (('training', train_data), ('validation', val_data)):
+        counts = class_counts(data.dataset, data.num_classes)
+        if counts is None:
+            continue
+        where = f'the {split} split of {cfg.data_dir or cfg.dataset}'
+        if split == 'training':
+            empty = check_empty_classes(data.classes, counts, where, cfg.allow_empty_classes)
+        else:  # a validation split may lack classes; their per-class accuracy is then unknown
+            empty = [c for c, n in zip(data.classes, counts, strict=True) if not n]
+        lines.append(f'{split} images per class: {class_counts_line(data.classes, counts)}'
+                     + (f'; no images of {", ".join(repr(c) for c in empty[:5])}'
+                        f'{" ..." if len(empty) > 5 else ""}' if empty else ''))
+        samples = getattr(data.dataset, 'samples', None)
+        clash = same_stem_groups([p for p, _ in samples]) if isinstance(samples, list) else []
+        if clash:
+            _logger.warning('%d file names in the %s split share a stem with another in their folder, e.g. %s: the '
+                            'same picture twice?', len(clash), split, ' and '.join(repr(p) for p in clash[0]))
+    return lines
+
+
 def _in_memory_loaders(cfg: TrainConfig, info: DistInfo, dc: DataConfig, train_data: DatasetInfo,
                        val_data: DatasetInfo, output: Path) -> tuple[InMemoryLoader, InMemoryLoader]:
     """``--data-in-memory``: both splits decoded once through the per-image pipeline's geometry (training: the
@@ -303,11 +339,14 @@ class ClassifyTask(Task):
             cfg.fake_classes, (size, size), cfg.train_split, cfg.val_split) for split in ('train', 'val'))
         if info.primary:
             barrier(info)
+        self.shape_lines = _data_shape(cfg, train_data, val_data)
         in_chans = cfg.in_chans or train_data.in_chans
 
         random_seed(cfg.seed, 0)  # identical initial weights in every process
         model, self.model_kwargs = build_model(cfg, train_data.num_classes, in_chans)
         self.head_reset = load_finetune_weights(model, cfg.finetune) if cfg.finetune else []
+        if cfg.finetune and not self.head_reset:  # the checkpoint's classifier is kept: its classes must be these
+            _check_finetune_classes(cfg, train_data)
         data_cfg = resolve_data_config(model, cfg.img_size, in_chans, cfg.mean, cfg.std, cfg.interpolation,
                                        cfg.crop_pct)
         _set_transforms(cfg, data_cfg, train_data, val_data)
@@ -404,6 +443,7 @@ class ClassifyTask(Task):
             lines.append(f'fine-tuning from {cfg.finetune}')
         lines.append(f'data: {cfg.dataset}, {self.train_size} training / {self.val_size} validation images, '
                      f'{self.num_classes} classes')
+        lines += self.shape_lines
         if self.distiller is not None:
             tau = f', tau {cfg.distillation_tau:g}' if cfg.distillation == 'soft' else ''
             lines.append(f'distillation: {cfg.distillation}, alpha {cfg.distillation_alpha:g}{tau}, teacher '
