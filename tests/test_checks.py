@@ -258,6 +258,22 @@ def test_segmentation_files_of_one_stem_are_named(tmp_path):
         SegmentationFolder(images, root / 'train' / 'masks', 3)
 
 
+def test_detection_category_without_objects_is_named(tmp_path, capsys):
+    from mlpvision.data.detection import write_coco
+    for split in ('train', 'val'):
+        (tmp_path / split / 'images').mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / split / 'images' / 'a.png')
+        write_coco(dict(images=[dict(id=1, file_name='a.png', height=32, width=32)],
+                        categories=[dict(id=1, name='thing'), dict(id=5, name='ghost')],
+                        annotations=[dict(id=1, image_id=1, category_id=1, bbox=[2, 2, 9, 9], iscrowd=0, area=81)]),
+                   tmp_path / split / 'annotations.json')
+    args = ('train', '--task', 'detect', '--model', 'retinanet', '--backbone', 'resnet10t', '--data-dir', tmp_path,
+            '--threads', 1, '--output', tmp_path / 'run')
+    rc, _, err = cli(capsys, *args)
+    assert_one_error_line(rc, err.strip().splitlines()[-1], 'train', '1 of the 2 classes have no objects in the '
+                          f"training annotations of {tmp_path} (train): 'ghost'", '--allow-empty-classes')
+
+
 # --- 1. a cache is keyed by what it was made from (the decode itself: test_data_memory.py) ------------------------
 
 def test_in_memory_training_decodes_changed_images_again(tmp_path, capsys, caplog):

@@ -350,6 +350,14 @@ class CocoDetectionDataset(Dataset):
         self._objects = objects
         self.negatives = sum(1 for v in objects.values() if not v)
 
+    def objects_per_category(self) -> list[int]:
+        """Objects (crowd regions left out) of each category, in label order (``classes``)."""
+        counts = dict.fromkeys(self.cat_ids, 0)
+        for anns in self._objects.values():
+            for a in anns:
+                counts[a['category_id']] += 1
+        return [counts[c] for c in self.cat_ids]
+
     def __len__(self) -> int:
         return len(self.images)
 

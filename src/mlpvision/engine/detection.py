@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..data.checks import check_empty_classes, class_counts_line
 from ..errors import UsageError
 from .distributed import DistInfo
 from .metrics import _floats, _pyplot, _save, read_metrics
@@ -65,6 +66,7 @@ class DetConfig:
     train_images: int = 120  # pennfudan: images drawn for training (the rest are held out)
     split_seed: int = 0  # pennfudan: the seed of the one permutation that splits it
     drop_degenerate: bool = False  # leave out boxes of zero width or height (COCO train2017 has two) instead of failing
+    allow_empty_classes: bool = False  # train a declared category with no object in the training split
     min_size: list = field(default_factory=lambda: list(_MSTRAIN))
     max_size: int = 1333
     eval_min_size: int = 800
@@ -296,6 +298,10 @@ class DetectTask(Task):
             raise UsageError(f'the training and validation annotations declare other categories '
                              f'({train_data.classes[:5]} vs {val_data.classes[:5]}); use one category list')
         self.classes, self.cat_ids = list(train_data.classes), list(train_data.cat_ids)
+        objects = train_data.objects_per_category()
+        check_empty_classes(self.classes, objects, f'the training annotations of {cfg.data_dir} ({cfg.train_split})',
+                            cfg.allow_empty_classes, unit='objects')
+        self.objects_line = class_counts_line(self.classes, objects, 'training objects')
         torch.manual_seed(cfg.seed)  # one initialisation on every process
         self.model = build_detector(cfg.model, cfg.backbone, len(self.classes), cfg.model_kwargs, cfg.pyramid,
                                     **_detector_kwargs(cfg))
@@ -386,6 +392,7 @@ class DetectTask(Task):
         negatives = getattr(self.train_data, 'negatives', 0)
         return [f'data: {c.dataset} {c.data_dir}, {self.train_size} training ({negatives} without objects) / '
                 f'{self.val_size} validation images, {len(self.classes)} categories',
+                f'categories: {self.objects_line}',
                 f'augmentation: short side from {sorted(c.min_size)} (long side <= {c.max_size}), hflip {c.hflip:g}; '
                 f'evaluation at {c.eval_min_size}']
 
