@@ -33,7 +33,7 @@ test-inductor: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/lint-imports .importlinter
+	$(VENV)/bin/lint-imports --no-cache .importlinter
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

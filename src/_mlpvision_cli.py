@@ -99,7 +99,15 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` with the full parser and run the subcommand: its status, 2 for an expected error (printed as
     one line), 128 + the signal's number for an interrupted run (saved; the message says how to resume)."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from mlpvision.cli._common import missing_required
+
+    missing = missing_required(args)
+    if missing:
+        print(f'mlpvision {args.command}: error: the following arguments are required: {", ".join(missing)}',
+              file=sys.stderr)
+        return 2
     try:
         return int(args._run(args) or 0)
     except expected_errors() as e:

@@ -90,6 +90,8 @@ def cli(capsys, *argv):
         argv = (*argv, '--threads', '1')
     try:
         rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own errors (an unknown flag, a value outside a flag's choices)
+        rc = e.code
     finally:
         torch.set_num_threads(threads)
     out, err = capsys.readouterr()

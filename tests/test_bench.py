@@ -39,7 +39,7 @@ def _check_png(path):
 
 
 def test_bench_fp32_with_baseline(tmp_path, capsys):
-    assert main(['bench', *TINY, '--baseline', 'test_resnet', '--out', str(tmp_path)]) == 0
+    assert main(['bench', *TINY, '--baseline', 'test_resnet', '-o', str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert '[repeat 2/2] resmlp_s12' in err and '[repeat 2/2] test_resnet' in err  # progress on stderr
     rows = _read_csv(tmp_path / 'bench.csv')
@@ -68,8 +68,8 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
 
 
 def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
-    args = [*TINY, '--dtype', 'bf16', '--reparam', '--channels-last', '--no-train', '--batch-size', '2',
-            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--baseline', 'test_resnet', '--out', str(tmp_path)]
+    args = [*TINY, '--amp', 'bf16', '--deploy', '--channels-last', '--no-train', '--batch-size', '2',
+            '--clock', 'cpu', '--repeats', '1', '--warmup', '0', '--baseline', 'test_resnet', '-o', str(tmp_path)]
     assert main(['bench', *args]) == 0
     row, baseline = _read_csv(tmp_path / 'bench.csv')
     assert baseline['form'] == 'train'  # nothing to re-parameterise: not labelled a deploy form
@@ -88,7 +88,7 @@ def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
 def test_paper_figures_beside_measured(tmp_path):
     """Without model kwargs a row carries the registry's paper figures next to the measured params and MACs."""
     args = ['resmlp_s12', '--batch-size', '1', '--repeats', '1', '--warmup', '0', '--iters', '1', '--no-latency',
-            '--no-train', '--no-memory', '--threads', '1', '--out', str(tmp_path)]
+            '--no-train', '--no-memory', '--threads', '1', '-o', str(tmp_path)]
     assert main(['bench', *args]) == 0
     (row,) = _read_csv(tmp_path / 'bench.csv')
     meta = mlpvision.model_meta('resmlp_s12')

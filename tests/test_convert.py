@@ -36,7 +36,7 @@ def official(tmp_path_factory):
 @pytest.mark.parametrize('deploy', [False, True])
 def test_official_checkpoint_to_folder_both_loaders(official, tmp_path, capsys, deploy):
     out = tmp_path / 'resmlp_s12'
-    rc, stdout, err = cli(capsys, 'convert', official, '--model', 'resmlp_s12', '--out', out,
+    rc, stdout, err = cli(capsys, 'convert', official, '--model', 'resmlp_s12', '-o', out,
                           *(['--deploy'] if deploy else []))
     assert rc == 0, err
     assert f'({"deploy" if deploy else "train"} form, 1000 classes)' in stdout
@@ -61,7 +61,7 @@ def test_training_checkpoint_keeps_model_args_classes_and_preprocessing(tmp_path
                  '--no-plot', '--no-progress', '--threads', '1', '--output', str(run)]) == 0
     capsys.readouterr()
     meta = torch.load(run / 'best.pth', weights_only=True)['mlpvision']
-    rc, _, err = cli(capsys, 'convert', run / 'best.pth', '--out', tmp_path / 'digits', '--deploy')
+    rc, _, err = cli(capsys, 'convert', run / 'best.pth', '-o', tmp_path / 'digits', '--deploy')
     assert rc == 0, err
     cfg = json.loads((tmp_path / 'digits' / 'config.json').read_text())
     assert cfg['label_names'] == list(meta['classes']) and cfg['num_classes'] == 10
@@ -74,7 +74,7 @@ def test_training_checkpoint_keeps_model_args_classes_and_preprocessing(tmp_path
     assert cfg['pretrained_cfg']['notes'] == ['weights: an mlpvision train checkpoint (best.pth), not a released tag']
     # the folder stands in for a model name in `mlpvision export`
     rc, stdout, err = cli(capsys, 'export', tmp_path / 'digits', '--format', 'pt2', '--dynamic-batch',
-                          '--out', tmp_path / 'digits.pt2')
+                          '-o', tmp_path / 'digits.pt2')
     assert rc == 0, err
     assert f'resmlp_s12 (deploy form, {tmp_path / "digits"}) -> {tmp_path / "digits.pt2"}: pt2' in stdout
     assert 'input (batch, 1, 32, 32)' in stdout
@@ -90,9 +90,9 @@ def test_training_checkpoint_keeps_model_args_classes_and_preprocessing(tmp_path
 
 
 def test_convert_errors_are_one_line(official, tmp_path, capsys):
-    rc, _, err = cli(capsys, 'convert', official, '--out', tmp_path / 'x')
+    rc, _, err = cli(capsys, 'convert', official, '-o', tmp_path / 'x')
     assert_one_error_line(rc, err, 'convert', 'does not name its model', '--model')
-    rc, _, err = cli(capsys, 'convert', official, '--model', 'resmlp_s24', '--out', tmp_path / 'x')
+    rc, _, err = cli(capsys, 'convert', official, '--model', 'resmlp_s24', '-o', tmp_path / 'x')
     assert_one_error_line(rc, err, 'convert', 'does not fit resmlp_s24')
     assert not (tmp_path / 'x' / 'config.json').exists()
 

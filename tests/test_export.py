@@ -252,7 +252,7 @@ def test_cli_export_of_a_training_run(capsys, tmp_path):
     assert rc == 0, err
     out = tmp_path / 'digits.onnx'
     rc, stdout, err = cli(capsys, 'export', run / 'best.pth', '--format', 'onnx', '--onnx-exporter', 'legacy',
-                          '--dynamic-batch', '--deploy', '--out', out)
+                          '--dynamic-batch', '--deploy', '-o', out)
     assert rc == 0, err
     # the digits are grey: the run's model takes one channel
     assert f'resmlp_s12 (deploy form, {run / "best.pth"}) -> {out}: onnx, legacy, input (batch, 1, 32, 32)' in stdout
@@ -267,9 +267,9 @@ def test_cli_export_of_a_training_run(capsys, tmp_path):
 
 
 def test_cli_export_errors(capsys, tmp_path):
-    rc, _, err = cli(capsys, 'export', 'resmlp_s12', '--format', 'onnx', '--dynamic-size', '--out', tmp_path / 'm')
+    rc, _, err = cli(capsys, 'export', 'resmlp_s12', '--format', 'onnx', '--dynamic-size', '-o', tmp_path / 'm')
     assert_one_error_line(rc, err, 'export', 'resmlp_s12 is built for 224x224 input only', 'without --dynamic-size')
-    rc, _, err = cli(capsys, 'export', 'resmlp_s13', '--format', 'pt2', '--out', tmp_path / 'm')
+    rc, _, err = cli(capsys, 'export', 'resmlp_s13', '--format', 'pt2', '-o', tmp_path / 'm')
     assert_one_error_line(rc, err, 'export', 'resmlp_s13')
     assert not list(tmp_path.iterdir())
 

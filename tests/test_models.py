@@ -308,15 +308,18 @@ def test_factory_scope_restores_the_default_dtype_on_error():
 
 
 @pytest.mark.parametrize('name', ALL)
-def test_reset_classifier_keeps_device_and_dtype(name):
-    """A new head is built on the model's device and in its dtype, also after ``reset_classifier(0)`` removed the
-    old one (whose parameters the head used to take them from) and after ``.double()``."""
+def test_reset_classifier_keeps_device_dtype_and_mode(name):
+    """A new head is built on the model's device, in its dtype and in its mode (timm's contract; ResMLP's head was
+    left in training mode under an eval model), also after ``reset_classifier(0)`` removed the old one (whose
+    parameters the head used to take them from) and after ``.double()``."""
     model = _on_meta(name).double().eval()
     for n in (7, 0, 5):
         model.reset_classifier(n)
         assert model.num_classes == n
         dd = {(t.device.type, t.dtype) for t in _tensors(model) if t.is_floating_point()}
         assert dd == {('meta', torch.float64)}, f'{name} after reset_classifier({n}): {dd}'
+        training = [m for m in model.modules() if m.training]  # the new head in the model's (eval) mode too
+        assert training == [], f'{name} after reset_classifier({n}): {training[0]} is in training mode'
     c, h, w = model.pretrained_cfg['input_size']
     assert model(torch.empty(2, c, h, w, device='meta', dtype=torch.float64)).shape == (2, 5)
 

@@ -151,7 +151,7 @@ def test_cli_quantize_reports_top1_and_writes_a_loadable_file(capsys, tmp_path):
     out = tmp_path / 'q.safetensors'
     rc, stdout, err = cli(capsys, 'quantize', 'resmlp_s12', '--model-kwargs', 'img_size=32,patch_size=4,embed_dim=32,'
                           'depth=1,num_classes=2', '--calib-dir', folder, '--calib-images', 6, '--val-dir', folder,
-                          '--out', out, '-j', 0, '--threads', 1)
+                          '-o', out, '-j', 0, '--threads', 1)
     assert rc == 0, err
     assert 'int8 with 6 calibration images' in stdout and 'top-1 on' in stdout and '(8 images)' in stdout
     back = load_quantized(out, compile=False)
@@ -166,9 +166,9 @@ def test_cli_quantize_takes_a_converted_folder(capsys, tmp_path):
     save_pretrained(mlpvision.create_model('resmlp_s12', **args), tmp_path / 'conv', label_names=['a', 'b'],
                     model_args=args)
     rc, stdout, err = cli(capsys, 'quantize', tmp_path / 'conv', '--calib-dir', folder, '--calib-images', 4,
-                          '--out', tmp_path / 'q.safetensors', '-j', 0, '--threads', 1)
+                          '-o', tmp_path / 'q.safetensors', '-j', 0, '--threads', 1)
     assert rc == 0, err
-    assert f'model: resmlp_s12 from {tmp_path / "conv"} (converted folder); input 3x32x32' in stdout
+    assert f'model: resmlp_s12 from {tmp_path / "conv"} (converted folder, train form); input 3x32x32' in stdout
     back = load_quantized(tmp_path / 'q.safetensors', compile=False)
     assert back.recipe.classes == ['a', 'b'] and back.recipe.model_kwargs['embed_dim'] == 32
 
@@ -176,12 +176,12 @@ def test_cli_quantize_takes_a_converted_folder(capsys, tmp_path):
 def test_cli_quantize_errors(capsys, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
-    args = ('--model-kwargs', 'img_size=32,patch_size=4,embed_dim=32,depth=1', '--out', tmp_path / 'q.safetensors')
+    args = ('--model-kwargs', 'img_size=32,patch_size=4,embed_dim=32,depth=1', '-o', tmp_path / 'q.safetensors')
     rc, _, err = cli(capsys, 'quantize', 'resmlp_s12', '--calib-dir', empty, *args)
     assert_one_error_line(rc, err, 'quantize', 'no calibration images')
     rc, _, err = cli(capsys, 'quantize', 'not_a_model', '--calib-dir', empty, *args)
-    assert_one_error_line(rc, err, 'quantize', 'neither a checkpoint file', 'nor a registered model name')
-    rc, _, err = cli(capsys, 'quantize', 'resmlp_s12', '--calib-dir', empty, '--out', tmp_path / 'q.pt2')
+    assert_one_error_line(rc, err, 'quantize', 'neither a file, a folder nor a model name')
+    rc, _, err = cli(capsys, 'quantize', 'resmlp_s12', '--calib-dir', empty, '-o', tmp_path / 'q.pt2')
     assert_one_error_line(rc, err, 'quantize', '.safetensors')
 
 

@@ -278,7 +278,7 @@ def test_predict_seg_refuses_a_classification_checkpoint(tmp_path, capsys):
     torch.save({'model': {}, 'mlpvision': {'model': 'resmlp_12'}}, tmp_path / 'c.pth')
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
     rc, _, err = cli(capsys, 'predict-seg', tmp_path / 'c.pth', tmp_path / 'a.png', '-o', tmp_path / 'o')
-    assert_one_error_line(rc, err, 'predict-seg', 'not a train-seg checkpoint')
+    assert_one_error_line(rc, err, 'predict-seg', 'is a classification checkpoint', 'takes segmentation weights')
 
 
 def test_resume_mid_epoch_is_exact(tmp_path, monkeypatch):

@@ -154,7 +154,7 @@ def test_cam_and_predict_cam_from_a_checkpoint(run_dir, image, tmp_path, capsys)
     assert 'digit-' in out and '2 Grad-CAM overlays written' in out
     for stem in ('cam_photo', 'cam_photo_other'):
         assert np.load(tmp_path / 'b' / f'{stem}.npy').shape == (32, 32)
-    rc, out, err = cli(capsys, 'viz', 'weights', '--checkpoint', run_dir / 'best.pth', '-o', tmp_path)
+    rc, out, err = cli(capsys, 'viz', 'weights', run_dir / 'best.pth', '-o', tmp_path)  # WEIGHTS, the one form
     assert rc == 0, err
     assert np.load(tmp_path / 'weights_resmlp_s12_layer0.npy').shape == (4, 4, 4, 4)  # 32 / 8-pixel patches
 
@@ -169,8 +169,8 @@ def test_bad_input_is_one_clear_line(image, tmp_path, capsys):
     assert_one_error_line(rc, err, 'viz', 'broken.png')
     rc, _, err = cli(capsys, 'viz', 'erf', 'as_mlp_tiny', '--images', tmp_path / 'missing.png', *args)
     assert_one_error_line(rc, err, 'viz', 'missing.png', 'does not exist')
-    rc, _, err = cli(capsys, 'viz', 'weights', 'resmlp_s12', '--layer', '5', *_small_args('resmlp_s12'))
-    assert_one_error_line(rc, err, 'viz', 'no token-mixing layer 5', '--layer 0 to 1')
+    rc, _, err = cli(capsys, 'viz', 'weights', 'resmlp_s12', '--block', '5', *_small_args('resmlp_s12'))
+    assert_one_error_line(rc, err, 'viz', 'no token-mixing block 5', '--block 0 to 1')
     rc, _, err = cli(capsys, 'viz', 'erf', 'no_such_model')
     assert_one_error_line(rc, err, 'viz', 'no_such_model')
     with pytest.raises(UsageError, match='no stage -5'):
@@ -189,7 +189,7 @@ def test_official_format_checkpoint_needs_the_model_name(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / 'weights_resmlp_s12_layer0.npy'),
                                   net.blocks[0].linear_tokens.weight.detach().reshape(4, 4, 4, 4).numpy())
     rc, _, err = cli(capsys, 'viz', 'weights', *args)
-    assert_one_error_line(rc, err, 'viz', 'does not name its model', 'give MODEL')
+    assert_one_error_line(rc, err, 'viz', 'does not name its model', 'pass --model NAME')
 
 
 def test_missing_matplotlib_is_one_clear_error(monkeypatch):

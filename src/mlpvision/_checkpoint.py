@@ -269,8 +269,12 @@ def load_finetune_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     Returns:
         the classifier keys that were not loaded (empty when the head fitted).
     """
-    source = f'Checkpoint {str(path)!r}'
-    sd = _mapped(model, read_state_dict(path), source, None)
+    return load_finetune_state_dict(model, read_state_dict(path), f'Checkpoint {str(path)!r}')
+
+
+def load_finetune_state_dict(model: nn.Module, state_dict: dict, source: str) -> list[str]:
+    """:func:`load_finetune_weights` of a state dict already read (``source`` names it in errors)."""
+    sd = _mapped(model, state_dict, source, None)
     own = model.state_dict()
     classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'head')
     prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)

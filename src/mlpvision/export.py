@@ -95,34 +95,20 @@ def load_model(name: str, checkpoint: str | os.PathLike | None = None, deploy: b
     """The model to export: (model in eval mode, its registered name, the input size it was trained or built for).
 
     Args:
-        name: a registered model name, a checkpoint of ``mlpvision train`` (``best.pth``), which names its model,
-            constructor arguments and input size, or a folder written by ``mlpvision convert`` (its config.json
-            does the same).
-        checkpoint: weights for ``name``: any file ``create_model(checkpoint_path=)`` or ``mlpvision validate``
-            reads (official formats, mlpvision's ``.pth`` / ``.safetensors``, train or deploy form). None: the model's
-            initial (random) weights.
+        name: WEIGHTS (:func:`mlpvision.engine.loading.open_weights`: a model name, ``name.tag``, a checkpoint file
+            or a convert folder); with ``checkpoint``, the model name of that file (an official one needs it).
+        checkpoint: a checkpoint file for ``name`` (the older spelling of passing the file as WEIGHTS).
         deploy: export the re-parameterised inference form (a train-form checkpoint is folded after loading).
     """
-    from .engine.inference import load_for_inference
-    from .models import create_model, is_model
+    from .engine.loading import open_weights, require_task
 
-    kwargs = dict(model_kwargs or {})
-    if checkpoint is None and not is_model(name) and Path(name).is_dir():  # a converted (Hub-layout) folder
-        model = create_model(name, deploy=deploy, **kwargs)
-        cfg = getattr(model, 'pretrained_cfg', None) or {}
-        size = cfg.get('input_size')
-        return model.eval(), cfg.get('architecture') or Path(name).name, tuple(size[1:]) if size else None
-    if not is_model(name):
-        if checkpoint is None and Path(name).is_file():
-            checkpoint, name = name, None
-        else:
-            from .engine.config import check_model_name
-            check_model_name(name)  # raises, naming the closest registered names
-    if checkpoint is None:
-        model = create_model(name, deploy=deploy, **kwargs)
-        return model.eval(), name, None
-    loaded = load_for_inference(checkpoint, name, kwargs, reparam=deploy)
-    return loaded.model.eval(), loaded.name, tuple(loaded.data_cfg.input_size[1:])
+    if checkpoint is not None:
+        loaded = open_weights(checkpoint, model=name, model_kwargs=model_kwargs, deploy=deploy)
+    else:
+        loaded = open_weights(name, model_kwargs=model_kwargs, deploy=deploy)
+    require_task(loaded, 'classification', 'export')
+    size = tuple(loaded.data_cfg.input_size[1:]) if loaded.kind in ('file', 'folder') else None
+    return loaded.model.eval(), loaded.name, size
 
 
 def _native_size(model: nn.Module) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from ._checkpoint import save_state_dict
 from ._download import cache_dir, download_weights
 from .errors import UsageError
-from .models._folder import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_dir, read_config
+from .models._folder import CONFIG_NAME, WEIGHTS_NAME, is_pretrained_dir
 from .models._registry import load_pretrained_dir
 
 __all__ = ['download_weights', 'cache_dir', 'save_pretrained', 'load_pretrained_dir', 'is_pretrained_dir',
@@ -118,26 +118,18 @@ def convert(
     may also be a pretrained tag (``'resmlp_s12.fb_in1k'``), downloaded as ``pretrained=True`` does.
     """
     from ._reparam import is_reparameterized, reparameterize
-    from .engine.inference import load_for_inference
-    from .models import create_model, is_model
+    from .engine.loading import open_weights, require_task
 
-    src_path = Path(src)
-    if not src_path.exists() and is_model(str(src)):  # a pretrained tag: downloaded (or taken from the cache)
-        net = create_model(str(src), pretrained=True, **dict(model_kwargs or {}))
-        name, args, labels, data = str(src).split('.', 1)[0], dict(model_kwargs or {}), None, None
-    elif is_pretrained_dir(src_path):
-        net = load_pretrained_dir(src_path, **dict(model_kwargs or {}))
-        cfg = read_config(src_path)
-        labels, name = cfg.get('label_names'), cfg['architecture']
-        args = dict(cfg.get('model_args') or {})
-        data = None
-    else:
-        loaded = load_for_inference(src_path, model, dict(model_kwargs or {}))
-        net, name, args = loaded.model, loaded.name, dict(loaded.kwargs)
-        labels = loaded.classes if loaded.meta is not None else None  # official ones: the model's own classes
-        data = loaded.data_cfg.to_dict() if loaded.meta is not None else None
-        if loaded.meta is not None:  # a training run's weights: the cfg's release (tag, URL, its top-1) is not them
-            net.pretrained_cfg = _without_release(net.pretrained_cfg, src_path)
+    loaded = open_weights(src, model=model, model_kwargs=dict(model_kwargs or {}))
+    require_task(loaded, 'classification', 'convert')
+    net, name, args = loaded.model, loaded.name, dict(loaded.kwargs)
+    labels, data = None, None
+    if loaded.kind == 'folder':
+        saved = (getattr(net, 'pretrained_cfg', None) or {}).get('label_names')
+        labels = list(saved) if saved else None
+    elif loaded.meta is not None:  # a training run's weights: the cfg's release (tag, URL, its top-1) is not them
+        labels, data = loaded.classes, loaded.data_cfg.to_dict()
+        net.pretrained_cfg = _without_release(net.pretrained_cfg, Path(src))
     if model is not None and model.split('.', 1)[0] != name:
         raise UsageError(f'{str(src)!r} holds a {name}, not a {model}; leave --model out for mlpvision checkpoints.')
     args.pop('deploy', None)

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from .data.datasets import load_image
-from .data.transforms import DataConfig, build_transform, resolve_data_config
+from .data.transforms import DataConfig, build_transform
 from .errors import UsageError
 
 __all__ = ['VizModel', 'load_model', 'load_images', 'effective_receptive_field', 'erf_radii', 'stage_erf',
@@ -59,42 +59,26 @@ class VizModel:
 
 def load_model(name: str | None = None, checkpoint: str | os.PathLike | None = None,
                model_kwargs: dict | None = None, img_size: int | None = None) -> VizModel:
-    """A registered model, random-init or with a checkpoint's weights.
-
-    Checkpoints load as ``mlpvision validate`` / ``predict`` load them (:func:`mlpvision.engine.inference.
-    load_for_inference`): mlpvision training checkpoints name their model, kwargs, classes and preprocessing;
-    official-format files need ``name``.
+    """A model from WEIGHTS (:func:`mlpvision.engine.loading.open_weights`: a name, ``name.tag``, a checkpoint file
+    or a convert folder).
 
     Args:
+        name: WEIGHTS; with ``checkpoint``, the model name of that file (official files need it).
+        checkpoint: a checkpoint file (the older spelling of passing it as ``name``).
         img_size: the input size; default the checkpoint's or the model's. For a fixed-size family (ResMLP,
             RepMLP, Strip-MLP) a random-init model is built at this size.
     """
+    from .engine.loading import open_weights, require_task
+
     if checkpoint is not None:
-        from .engine.inference import load_for_inference
-        try:
-            loaded = load_for_inference(checkpoint, name, model_kwargs, img_size=img_size)
-        except UsageError as e:
-            if name is None and 'does not name its model' in str(e):  # its fix names predict's --model flag
-                raise UsageError(f'checkpoint {str(checkpoint)!r} does not name its model (official checkpoints do '
-                                 f'not); give MODEL, e.g. mlpvision viz weights resmlp_s12 --checkpoint FILE '
-                                 f'(`mlpvision models --names-only` lists them)') from None
-            raise
-        return VizModel(loaded.model.eval(), loaded.name, loaded.data_cfg, list(loaded.classes))
-    if name is None:
-        raise UsageError('name a model (`mlpvision models --names-only` lists them) or pass --checkpoint')
-    from .models import create_model, is_model, list_models
-    if not is_model(name):
-        raise UsageError(f'unknown model {name!r}; `mlpvision models --names-only` lists the {len(list_models())}')
-    kwargs = dict(model_kwargs or {})
-    if img_size is not None and 'img_size' not in kwargs:
-        try:
-            net = create_model(name, img_size=img_size, **kwargs)
-        except TypeError:  # a family that takes any input size has no img_size argument
-            net = create_model(name, **kwargs)
+        loaded = open_weights(checkpoint, model=name, model_kwargs=model_kwargs, img_size=img_size)
+    elif name is not None:
+        loaded = open_weights(name, model_kwargs=model_kwargs, img_size=img_size)
     else:
-        net = create_model(name, **kwargs)
-    dc = resolve_data_config(net, getattr(net, 'img_size', None) or img_size)
-    return VizModel(net.eval(), name, dc, [str(i) for i in range(net.num_classes)])
+        raise UsageError('name the weights: a model (`mlpvision models --names-only` lists them), NAME.TAG, a '
+                         'checkpoint file or a convert folder')
+    require_task(loaded, 'classification', 'viz')
+    return VizModel(loaded.model.eval(), loaded.name, loaded.data_cfg, list(loaded.classes))
 
 
 def load_images(paths: Sequence[str | os.PathLike], data_cfg: DataConfig) -> torch.Tensor:
@@ -305,7 +289,7 @@ def token_mixing_weights(vm: VizModel, layer: int = 0) -> tuple[np.ndarray, str,
                          f'isotropic ResMLP models, RepMLP / RepMLPNet fc3 and Strip-MLP strips); use viz erf or '
                          f'viz features for it')
     if not -len(layers) <= layer < len(layers):
-        raise UsageError(f'{vm.name} has no token-mixing layer {layer}: it has {len(layers)} (--layer 0 to '
+        raise UsageError(f'{vm.name} has no token-mixing block {layer}: it has {len(layers)} (--block 0 to '
                          f'{len(layers) - 1})')
     name, m = layers[layer]
     with torch.no_grad():

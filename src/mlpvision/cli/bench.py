@@ -1,14 +1,14 @@
 """Benchmark models in one process: params, GMACs, inference throughput, batch-1 latency (p50/p90), training-step
 throughput and peak memory, with repeats interleaved across models and medians reported. Prints a Markdown table;
-with --out DIR also writes bench.csv, bench.md and bench.png (paper top-1 against measured throughput). Progress goes
-to stderr. Example: mlpvision bench 'resmlp_s*' --baseline resnet50,mixer_b16_224 --threads 2 --out runs/bench"""
+with -o DIR also writes bench.csv, bench.md and bench.png (paper top-1 against measured throughput). Progress goes
+to stderr. Example: mlpvision bench 'resmlp_s*' --baseline resnet50,mixer_b16_224 --threads 2 -o runs/bench"""
 from __future__ import annotations
 
 import argparse
 import sys
 
 # parse_kwargs: the shared --model-kwargs parser, under the name tests/test_bench.py and earlier callers import
-from ._common import add_model_kwargs_arg
+from ._common import add_model_kwargs_arg, add_option, check_writable
 from ._common import parse_model_kwargs as parse_kwargs
 
 HELP = 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'
@@ -19,17 +19,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="glob(s) over mlpvision model names, comma-separated (e.g. 'resmlp_s*,hire_mlp_tiny')")
     p.add_argument('--baseline', action='append', default=[], metavar='NAMES',
                    help='timm models to measure alongside, comma-separated (e.g. resnet50,convnext_tiny); repeatable')
-    p.add_argument('--device', default='cpu', help='cpu or cuda[:N] (default cpu)')
-    p.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default='fp32',
-                   help='autocast dtype (fp32 = no autocast; weights stay fp32)')
-    p.add_argument('-b', '--batch-size', type=int, default=8, help='batch for throughput (default 8)')
-    p.add_argument('--img-size', type=int, default=None,
-                   help="square input size (default: each model's cfg input size; fixed-size models are built for it)")
+    add_option(p, 'device', 'cpu or cuda[:N] (default cpu: a benchmark names its device)', default='cpu')
+    add_option(p, 'amp', 'autocast precision: none (default; fp32), bf16 or fp16 (weights stay fp32)', default='none')
+    add_option(p, 'batch_size', 'batch for throughput (default 8)', type=int, default=8)
+    add_option(p, 'img_size', "square input size (default: each model's cfg input size; fixed-size models are built "
+                              'for it)', type=int, metavar='N')
     p.add_argument('--channels-last', action='store_true', help='channels-last memory format for model and input')
     p.add_argument('--compile', action='store_true', help='torch.compile each model (dynamic=False)')
     p.add_argument('--compile-mode', default=None, help='torch.compile mode, e.g. max-autotune')
-    p.add_argument('--reparam', action='store_true', help='measure inference on the deploy (re-parameterised) form')
-    p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch default)')
+    add_option(p, 'deploy', 'measure inference on the deploy (re-parameterised) form', action='store_true')
+    add_option(p, 'threads', "torch intra-op threads (default: torch's, one per core)", type=int)
     p.add_argument('--warmup', type=int, default=2, help='untimed calls of each kind per model (default 2)')
     p.add_argument('--repeats', type=int, default=5, help='interleaved timed repeats (default 5)')
     p.add_argument('--iters', type=int, default=0,
@@ -44,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--no-gemm-peaks', action='store_true',
                    help="don't measure the host's GEMM peaks (about a second; reported with the figures otherwise)")
     add_model_kwargs_arg(p)  # for the mlpvision models only, not the baselines
-    p.add_argument('--out', default=None, metavar='DIR', help='write bench.csv, bench.md and bench.png here')
+    add_option(p, 'output', 'write bench.csv, bench.md and bench.png into this folder', metavar='DIR')
+    add_option(p, 'overwrite', 'replace bench.csv / bench.md / bench.png already in --output', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,19 +53,24 @@ def run(args: argparse.Namespace) -> int:
     model_kwargs = parse_kwargs(args.model_kwargs)
     baselines = [b for group in args.baseline for b in group.split(',')]
     settings = BenchSettings(
-        device=args.device, dtype=args.dtype, batch_size=args.batch_size, img_size=args.img_size,
+        device=args.device, dtype={'none': 'fp32'}.get(args.amp, args.amp), batch_size=args.batch_size,
+        img_size=args.img_size,
         channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
-        reparam=args.reparam, threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
+        reparam=args.deploy, threads=args.threads, warmup=args.warmup, repeats=args.repeats, iters=args.iters,
         repeat_time=args.repeat_time, clock=args.clock, latency=not args.no_latency, train=not args.no_train,
         memory=not args.no_memory, model_kwargs=model_kwargs, gemm_peaks=not args.no_gemm_peaks)
     models = resolve_models(args.pattern, baselines)
+    if args.output:
+        from pathlib import Path
+        for name in ('bench.csv', 'bench.md', 'bench.png'):
+            check_writable(Path(args.output) / name, args.overwrite)
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     results, env = run_bench(models, settings, progress)
     print(format_markdown(results, settings, env), end='')
-    if args.out:
-        paths = write_outputs(results, settings, env, args.out)
+    if args.output:
+        paths = write_outputs(results, settings, env, args.output)
         progress('wrote ' + ', '.join(str(p) for p in paths.values()))
     return 0

@@ -1,5 +1,5 @@
 """Convert a checkpoint to the Hugging Face Hub folder format timm uses: ``model.safetensors`` + ``config.json``
-(architecture, num_classes, class names, model arguments, pretrained cfg). SRC is an official checkpoint (pass
+(architecture, num_classes, class names, model arguments, pretrained cfg). WEIGHTS is an official checkpoint (pass
 --model), a timm one, an ``mlpvision train`` checkpoint (best.pth / last.pth: its model, arguments, class names and
 preprocessing are kept), a folder of this format, or a pretrained tag (``resmlp_s12.fb_in1k``, downloaded).
 --deploy writes the deploy (re-parameterised) form. The folder loads with ``mlpvision.create_model(DIR)`` and, after
@@ -8,24 +8,40 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_kwargs_arg, check_model_arg, parse_model_kwargs
+from mlpvision.errors import UsageError
+
+from ._common import (
+    add_model_kwargs_arg,
+    add_option,
+    add_weights_arg,
+    check_model_arg,
+    check_writable,
+    parse_model_kwargs,
+)
 
 HELP = 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) timm loads'
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument('src', metavar='SRC', help='checkpoint file, model folder, or a pretrained tag (NAME.TAG)')
-    p.add_argument('--model', help='model name; needed for official checkpoints (ours record it)')
+    add_weights_arg(p)
     add_model_kwargs_arg(p)
-    p.add_argument('--out', '-o', required=True, metavar='DIR', help='output folder (created; files replaced)')
-    p.add_argument('--deploy', action='store_true', help='write the deploy (re-parameterised) form')
+    add_option(p, 'output', 'output folder (created)', required=True, metavar='DIR')
+    add_option(p, 'overwrite', 'replace model.safetensors / config.json already in --output', action='store_true')
+    add_option(p, 'deploy', 'write the deploy (re-parameterised) form', action='store_true')
 
 
 def run(args: argparse.Namespace) -> int:
     check_model_arg(args.model)
-    from mlpvision.hub import convert
+    from pathlib import Path
 
-    out = convert(args.src, args.out, args.model, deploy=args.deploy,
+    from mlpvision.hub import CONFIG_NAME, WEIGHTS_NAME, convert
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and Path(args.weights).exists() and out_dir.resolve() == Path(args.weights).resolve():
+        raise UsageError(f'--output {args.output!r} is the folder being converted; write it elsewhere')
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        check_writable(out_dir / name, args.overwrite)
+    out = convert(args.weights, args.output, args.model, deploy=args.deploy,
                   model_kwargs=parse_model_kwargs(args.model_kwargs))
     import json
     cfg = json.loads((out / 'config.json').read_text())

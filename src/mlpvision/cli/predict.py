@@ -7,7 +7,7 @@ import argparse
 
 from mlpvision.errors import UsageError
 
-from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
+from ._common import add_device_args, add_model_args, add_option, apply_threads, open_weights_from_args
 
 HELP = ('predict with a checkpoint: top-k labels, or segmentation / detection drawings with '
         '--output')
@@ -19,28 +19,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--topk', '-k', type=int, default=5, help='labels per image (default 5)')
     p.add_argument('--skip-corrupt', action='store_true', help='skip (and count) images that cannot be decoded')
     p.add_argument('--cam', metavar='OUTDIR', help='also write a Grad-CAM overlay (PNG + .npy) per image into OUTDIR')
-    p.add_argument('--output', '-o', help='segmentation / detection checkpoints: the folder for the drawn images '
-                                          '(default: none)')
+    add_option(p, 'output', 'segmentation / detection weights: the folder for the drawn images (default: none)')
     p.add_argument('--score', type=float, default=0.5, help='detection: lowest score drawn (default 0.5)')
-    p.add_argument('--overwrite', action='store_true', help='write over drawn images already in --output')
+    add_option(p, 'overwrite', 'write over drawn images already in --output', action='store_true')
     add_device_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mlpvision.engine.inference import load_for_inference, predict_images
+    from mlpvision.engine.inference import predict_images
 
-    from ._tasks import checkpoint_task, predict_task
+    from ._tasks import predict_task
 
-    task, ckpt = checkpoint_task(args.checkpoint)
-    if task is not None:
-        return predict_task(task, ckpt, args)
     apply_threads(args.threads)
-    check_model_arg(args.model)
     if args.topk < 1:
         raise UsageError(f'--topk must be at least 1, got {args.topk}')
-    loaded = load_for_inference(args.checkpoint, args.model, parse_model_kwargs(args.model_kwargs), args.ema,
-                                args.reparam, args.img_size, args.crop_pct, args.interpolation)
-    preds, skipped = predict_images(loaded, args.images, args.topk, args.batch_size, args.device, args.skip_corrupt)
+    loaded = open_weights_from_args(args)
+    if loaded.task != 'classification':
+        return predict_task(loaded, args)
+    preds, skipped = predict_images(loaded, args.images, args.topk, args.batch_size, args.device, args.skip_corrupt,
+                                    amp=args.amp)
     width = max(len(p.path) for p in preds) if preds else 0
     for p in preds:
         labels = '  '.join(f'{lab} ({100 * pr:.1f}%)' for lab, pr in zip(p.labels, p.probs, strict=True))

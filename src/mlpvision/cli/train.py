@@ -18,7 +18,9 @@ import os
 import sys
 import typing
 
-from ._common import MODEL_KWARGS_HELP, parse_model_kwargs
+from mlpvision.errors import UsageError
+
+from ._common import CONCEPTS, MODEL_KWARGS_HELP, parse_model_kwargs
 
 HELP = 'train a classifier, segmenter or detector (--task) with a paper recipe or your options'
 
@@ -35,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--list-recipes', action='store_true', help='list the recipes and exit')
     p.add_argument('--task', choices=tuple(TASK_CONFIGS), help="what to train: classify, segment or detect (default: "
                    "the recipe's or the resumed checkpoint's task, else classify)")
+    p.add_argument('--pretrained', action='store_true', help="fine-tune from the model's default released weights "
+                                                             '(the short form of --finetune NAME.TAG)')
     short = {'batch_size': ['-b'], 'workers': ['-j'], 'output': ['-o']}
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f, tp in config_fields():
@@ -56,7 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             g.add_argument(*flags, dest=f.name, nargs='*', metavar='KEY=VALUE', default=None,
                            help=f'{MODEL_KWARGS_HELP} (default: none)')
         else:
-            g.add_argument(*flags, dest=f.name, type=origin, default=None, help=help_)
+            choices = CONCEPTS[f.name].choices if f.name in CONCEPTS else None
+            if f.name == 'dataset':
+                from ._datasets import DATASET_CHOICES
+                choices = DATASET_CHOICES
+            g.add_argument(*flags, dest=f.name, type=origin, default=None, help=help_, choices=choices)
     _add_task_flags(p, {f.name for f, _ in config_fields()})
 
 
@@ -260,6 +268,11 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = overrides_from_args(args)
     cfg = resolve_config(args.recipe, overrides)
+    if args.pretrained:
+        if cfg.finetune:
+            raise UsageError('--pretrained is the short form of --finetune NAME.TAG; give one of the two')
+        from mlpvision.engine.loading import default_tag
+        cfg = dataclasses.replace(cfg, finetune=default_tag(cfg.model))
     if args.recipe is None and not overrides:
         print(bare_train_notice(cfg), file=sys.stderr)
     result = fit(cfg)

@@ -1,13 +1,14 @@
 """Evaluate a checkpoint: top-1 / top-5 and per-class accuracy on a dataset split, with a confusion-matrix PNG (up to
 100 classes) and a per-class CSV. Works with mlpvision's checkpoints (which record their model, preprocessing and
-dataset) and official ones (pass --model and --dataset), in train or deploy form; --reparam evaluates a train-form
+dataset) and official ones (pass --model and --dataset), in train or deploy form; --deploy evaluates a train-form
 checkpoint after re-parameterising it."""
 from __future__ import annotations
 
 import argparse
 import math
 
-from ._common import add_device_args, add_model_args, apply_threads, check_model_arg, parse_model_kwargs
+from ._common import add_device_args, add_model_args, add_option, apply_threads, open_weights_from_args
+from ._datasets import DATASET_CHOICES
 
 HELP = ('evaluate a checkpoint: top-1 / per-class accuracy, mIoU or COCO box / mask AP (task from the '
         'checkpoint)')
@@ -15,14 +16,15 @@ HELP = ('evaluate a checkpoint: top-1 / per-class accuracy, mIoU or COCO box / m
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
-    p.add_argument('--dataset', help="dataset (default: the one the checkpoint was trained on)")
-    p.add_argument('--data-dir', help="dataset folder (default: the checkpoint's, for the same dataset)")
-    p.add_argument('--split', default='val', help="'val' (default) or 'train'")
+    add_option(p, 'dataset', "dataset (default: the one the checkpoint was trained on)",
+               choices=DATASET_CHOICES)
+    add_option(p, 'data_dir', "dataset folder (default: the checkpoint's, for the same dataset)")
+    p.add_argument('--split', default='val', help="'val' (default), 'train', or another split folder's name")
     p.add_argument('--download', action='store_true', help='download CIFAR / Caltech-101 when missing')
     p.add_argument('--skip-corrupt', action='store_true', help='leave out (and count) images that cannot be decoded')
-    p.add_argument('--workers', '-j', type=int, default=2, help='data loading processes (default 2)')
-    p.add_argument('--output', '-o', help='folder for the confusion matrix and per-class CSV (default: beside the '
-                                          'checkpoint)')
+    add_option(p, 'workers', 'data loading processes (default 2)', type=int, default=2)
+    add_option(p, 'output', 'folder for the confusion matrix and per-class CSV (default: beside the checkpoint; '
+                            'the current folder for names and tags)')
     p.add_argument('--per-class', action='store_true', help='print every class, not only the five worst')
     p.add_argument('--relabel', action='store_true',
                    help="read the model's outputs as the data set's classes by position even where their names "
@@ -49,18 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
     from mlpvision.engine.inference import validate_checkpoint
 
-    from ._tasks import checkpoint_task, validate_task
+    from ._tasks import validate_task
 
-    task, ckpt = checkpoint_task(args.checkpoint)
-    if task is not None:
-        return validate_task(task, ckpt, args)
     apply_threads(args.threads)
-    check_model_arg(args.model)
+    loaded = open_weights_from_args(args)
+    if loaded.task != 'classification':
+        return validate_task(loaded, args)
     v = validate_checkpoint(
-        args.checkpoint, dataset=args.dataset, split=args.split, data_dir=args.data_dir, model=args.model,
-        model_kwargs=parse_model_kwargs(args.model_kwargs), use_ema=args.ema, reparam=args.reparam,
-        batch_size=args.batch_size, workers=args.workers, device=args.device, output_dir=args.output,
-        skip_corrupt=args.skip_corrupt, download=args.download, img_size=args.img_size, crop_pct=args.crop_pct,
-        interpolation=args.interpolation, progress=sys.stderr.isatty(), relabel=args.relabel)
+        loaded, dataset=args.dataset, split=args.split, data_dir=args.data_dir, batch_size=args.batch_size,
+        workers=args.workers, device=args.device, output_dir=args.output, skip_corrupt=args.skip_corrupt,
+        download=args.download, progress=sys.stderr.isatty(), relabel=args.relabel, amp=args.amp)
     print_validation(v, args.per_class)
     return 0

@@ -88,8 +88,9 @@ class TrainConfig:
                                 'e.g. embed_dim=128 depth=4')
     drop_rate: float | None = _f(None, "dropout rate (default: the model's)")
     drop_path_rate: float | None = _f(None, "stochastic depth rate (default: the model's)")
-    finetune: str | None = _f(None, 'initialise from this checkpoint (ours or official); a head of another size '
-                                    'is replaced by a new one')
+    finetune: str | None = _f(None, 'initialise from WEIGHTS: NAME.TAG (released weights, downloaded once), a '
+                                    'checkpoint file (ours, official or timm) or a convert folder; a head of another '
+                                    'size is replaced by a new one')
     relabel: bool = _f(False, "with --finetune: keep the checkpoint's classifier for a data set whose class names "
                               "differ, its outputs read as the new classes by position")
     sync_bn: bool = _f(False, 'convert BatchNorm to SyncBatchNorm (distributed runs)')
@@ -138,7 +139,7 @@ class TrainConfig:
     output: str | None = _f(None, 'run folder (default runs/<dataset>-<model>, a new -N suffix if taken)')
     overwrite: bool = _f(False, 'reuse an existing run folder instead of making a new one')
     resume: str | None = _f(None, "resume from a checkpoint ('auto': <output>/last.pth)")
-    seed: int = _f(42, 'random seed')
+    seed: int = _f(0, 'random seed (0, as every command; the classification recipes of documented runs set 42)')
     deterministic: bool = _f(False, 'deterministic algorithms (bit-identical reruns and resumes)')
     device: str = _f('auto', "'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'")
     threads: int | None = _f(None, "CPU threads for torch (default: OMP_NUM_THREADS if set, else the cores left "

@@ -1,8 +1,7 @@
-"""Loading a checkpoint for inference, validating it on a dataset, and predicting labels for image files.
+"""Validating a classifier on a dataset, and predicting labels for image files.
 
-A checkpoint may be mlpvision's (``mlpvision train`` output: it names its model, constructor arguments, classes and
-preprocessing) or an official one (a bare or wrapped state dict: the model must be named). Either may hold the train
-or the deploy (re-parameterised) form; the form is found by trying both.
+The model comes from WEIGHTS through :func:`mlpvision.engine.loading.open_weights` (a name, ``name.tag``, a
+checkpoint file of any format mlpvision reads, train or deploy form, or a convert folder).
 """
 from __future__ import annotations
 
@@ -12,12 +11,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn as nn
 
-from .._checkpoint import CheckpointError, load_weights, unwrap_state_dict
 from ..data.checks import check_class_names
 from ..data.datasets import (
     IMG_EXTENSIONS,
@@ -28,13 +24,13 @@ from ..data.datasets import (
     worker_error_message,
 )
 from ..data.loader import create_eval_loader
-from ..data.transforms import DataConfig, build_transform, resolve_data_config
+from ..data.transforms import build_transform
 from ..errors import UsageError
-from ..models import create_any_model
-from .checkpoint import load_checkpoint_file
 from .distributed import resolve_device
 from .evaluate import EvalResult, evaluate
+from .loading import Loaded, open_weights, require_task
 from .metrics import plot_confusion, write_per_class_csv
+from .run import amp_dtype
 
 __all__ = ['LoadedModel', 'load_for_inference', 'validate_checkpoint', 'ValidateResult', 'predict_images',
            'Prediction', 'find_images']
@@ -42,37 +38,7 @@ __all__ = ['LoadedModel', 'load_for_inference', 'validate_checkpoint', 'Validate
 _logger = logging.getLogger('mlpvision.inference')
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    name: str
-    kwargs: dict
-    data_cfg: DataConfig
-    classes: list[str]
-    form: str  # 'train', 'deploy' or 'train, re-parameterised'
-    meta: dict | None  # the mlpvision block of our checkpoints; None for official ones
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def _classifier_rows(model: nn.Module, sd: dict[str, torch.Tensor]) -> int | None:
-    """Number of classes of the checkpoint's classifier, judged by the model's classifier key."""
-    classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier', 'head')
-    key = f'{classifier}.weight' if isinstance(classifier, str) else None
-    return int(sd[key].shape[0]) if key and key in sd and sd[key].ndim >= 1 else None
-
-
-def _class_names(n: int) -> list[str]:
-    if n == 1000:
-        try:
-            from timm.data import ImageNetInfo
-            info = ImageNetInfo()
-            return [info.index_to_description(i).split(',')[0] for i in range(n)]
-        except Exception:  # names are a nicety; fall back to indices
-            pass
-    return [str(i) for i in range(n)]
+LoadedModel = Loaded  # the old name of what open_weights returns
 
 
 def load_for_inference(
@@ -84,67 +50,14 @@ def load_for_inference(
         img_size: int | None = None,
         crop_pct: float | None = None,
         interpolation: str | None = None,
-) -> LoadedModel:
-    """Build the checkpoint's model, load its weights strictly and resolve its preprocessing.
-
-    Args:
-        model: the model name; needed for official checkpoints, optional for mlpvision's.
-        use_ema: load the EMA weights of an mlpvision training checkpoint (``last.pth``).
-        reparam: re-parameterise a train-form model into its deploy form after loading.
-    """
-    path = str(checkpoint)
-    obj = load_checkpoint_file(path)
-    meta = obj.get('mlpvision') if isinstance(obj.get('mlpvision'), dict) else None
-    if use_ema:
-        if not isinstance(obj.get('ema'), dict):
-            raise CheckpointError(f'checkpoint {path!r} has no EMA weights (train with --model-ema; best.pth holds '
-                                  f'the better of the two already)')
-        sd = dict(obj['ema'])
-    else:
-        sd = unwrap_state_dict(obj)
-    if not sd:
-        raise CheckpointError(f'checkpoint {path!r} holds no weights')
-    if model is None:
-        if meta is None:
-            raise UsageError(f'checkpoint {path!r} does not name its model (official checkpoints do not); pass '
-                             f'--model NAME (`mlpvision models --names-only` lists them)')
-        model = meta['model_name']
-    kwargs: dict[str, Any] = dict(meta['model_kwargs']) if meta and model == meta['model_name'] else {}
-    kwargs.update(model_kwargs or {})
-    if img_size is not None and meta is None:
-        kwargs.setdefault('img_size', img_size)
-
-    def build(deploy: bool) -> nn.Module:  # a timm model trained by `mlpvision train` too (it has no deploy form)
-        m = create_any_model(model, deploy=deploy, **kwargs)
-        rows = _classifier_rows(m, sd)
-        if rows is not None and 'num_classes' not in kwargs and rows != m.num_classes:
-            kwargs['num_classes'] = rows  # e.g. an official checkpoint fine-tuned on another dataset
-            m = create_any_model(model, deploy=deploy, **kwargs)
-        load_weights(m, sd, f'checkpoint {path!r}')
-        return m
-
-    try:
-        net, form = build(False), 'train'
-    except CheckpointError as first:
-        try:
-            net, form = build(True), 'deploy'
-        except (CheckpointError, TypeError):
-            raise first from None
-    if reparam and form == 'train':
-        from .._reparam import reparameterize
-        net = reparameterize(net)
-        form = 'train, re-parameterised'
-    net.eval()
-    if meta is not None:
-        dc = DataConfig.from_dict(meta['data_config'])
-        if img_size or crop_pct or interpolation:
-            dc = resolve_data_config(net, img_size or dc.img_size, dc.in_chans, dc.mean, dc.std,
-                                     interpolation or dc.interpolation, crop_pct or dc.crop_pct)
-        classes = list(meta['classes'])
-    else:
-        dc = resolve_data_config(net, img_size, None, None, None, interpolation, crop_pct)
-        classes = _class_names(net.num_classes)
-    return LoadedModel(net, model, kwargs, dc, classes, form, meta)
+) -> Loaded:
+    """A classifier from WEIGHTS (:func:`mlpvision.engine.loading.open_weights`, the one opener; this is its
+    classification-only form, the old name kept): a segmentation or detection checkpoint is refused naming the
+    commands that take it."""
+    loaded = open_weights(checkpoint, model=model, model_kwargs=model_kwargs, use_ema=use_ema, deploy=reparam,
+                          img_size=img_size, crop_pct=crop_pct, interpolation=interpolation)
+    require_task(loaded, 'classification', 'validate / predict (classification)')
+    return loaded
 
 
 @dataclass
@@ -158,7 +71,7 @@ class ValidateResult:
 
 
 def validate_checkpoint(
-        checkpoint: str | os.PathLike,
+        checkpoint: str | os.PathLike | Loaded,
         dataset: str | None = None,
         split: str = 'val',
         data_dir: str | None = None,
@@ -178,15 +91,22 @@ def validate_checkpoint(
         progress: bool = False,
         max_confusion_classes: int = 100,
         relabel: bool = False,
+        amp: str = 'none',
 ) -> ValidateResult:
     """Top-1 / top-5 and per-class accuracy of a checkpoint on a dataset split; writes the confusion-matrix PNG (up
     to ``max_confusion_classes`` classes) and a per-class CSV into ``output_dir`` (default: beside the checkpoint).
 
     The dataset defaults to the one an mlpvision checkpoint was trained on. The class names an mlpvision checkpoint
     records must be the data set's, in order, unless ``relabel`` (the outputs read as the data set's classes by
-    position).
+    position). ``checkpoint`` is WEIGHTS (:func:`mlpvision.engine.loading.open_weights`) or what it opened;
+    ``amp`` is the autocast precision ('none', 'bf16', 'fp16').
     """
-    loaded = load_for_inference(checkpoint, model, model_kwargs, use_ema, reparam, img_size, crop_pct, interpolation)
+    if isinstance(checkpoint, Loaded):
+        loaded = checkpoint
+        require_task(loaded, 'classification', 'validate (classification)')
+    else:
+        loaded = load_for_inference(checkpoint, model, model_kwargs, use_ema, reparam, img_size, crop_pct,
+                                    interpolation)
     cfg = (loaded.meta or {}).get('config') or {}
     dataset = dataset or cfg.get('dataset')
     if dataset is None:
@@ -202,7 +122,7 @@ def validate_checkpoint(
         raise DatasetError(f'the model predicts {loaded.num_classes} classes but {dataset} ({split}) has '
                            f'{info.num_classes}; is it the dataset the checkpoint was trained on?')
     if (loaded.meta or {}).get('classes'):  # official checkpoints name no classes: nothing to compare
-        check_class_names(loaded.classes, info.classes, f'checkpoint {str(checkpoint)!r}', f'{dataset} ({split})',
+        check_class_names(loaded.classes, info.classes, f'checkpoint {loaded.source!r}', f'{dataset} ({split})',
                           relabel, fix='validate it on the data set it was trained on')
     info.dataset.transform = build_transform(loaded.data_cfg, False)
     dev = resolve_device(device)
@@ -210,13 +130,14 @@ def validate_checkpoint(
     loader = create_eval_loader(info.dataset, batch_size, num_workers=workers,
                                 pin_memory=dev.type == 'cuda')
     try:
-        res = evaluate(net, loader, loaded.num_classes, dev, classes=loaded.classes, progress=progress,
-                       desc=f'validate {dataset} {split}')
+        res = evaluate(net, loader, loaded.num_classes, dev, amp_dtype=amp_dtype(amp, dev), classes=loaded.classes,
+                       progress=progress, desc=f'validate {dataset} {split}')
     except CorruptImageError as e:
         raise CorruptImageError(worker_error_message(e)) from None
-    out = Path(output_dir) if output_dir else Path(checkpoint).resolve().parent
+    source = Path(loaded.source)
+    out = Path(output_dir) if output_dir else source.resolve().parent if loaded.kind == 'file' else Path('.')
     out.mkdir(parents=True, exist_ok=True)
-    stem = f'{Path(checkpoint).stem}_{dataset}_{split}'
+    stem = f'{source.stem if loaded.kind == "file" else loaded.source.replace("/", "_")}_{dataset}_{split}'
     png = plot_confusion(res.confusion, loaded.classes, out / f'confusion_{stem}.png',
                          title=f'{loaded.name} on {dataset} ({split}): top-1 {res.top1:.2f}%',
                          max_classes=max_confusion_classes)
@@ -259,6 +180,7 @@ def predict_images(
         batch_size: int = 32,
         device: str = 'auto',
         skip_corrupt: bool = False,
+        amp: str = 'none',
 ) -> tuple[list[Prediction], list[str]]:
     """Top-k labels and probabilities for each image; returns the predictions and the corrupt files skipped.
 
@@ -281,7 +203,9 @@ def predict_images(
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(dev)
-        probs = net(x).float().softmax(-1)
+        dtype = amp_dtype(amp, dev)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            probs = net(x).float().softmax(-1)
         p, i = probs.topk(k, dim=-1)
         for (f, _), pr, ix in zip(batch, p.tolist(), i.tolist(), strict=True):
             preds.append(Prediction(f, [loaded.classes[j] for j in ix], pr, ix))

@@ -472,7 +472,14 @@ def resumed_options(overrides: dict) -> tuple[dict | None, dict]:
     if path is None:
         overrides.pop('resume')
         return None, {}
-    meta = load_checkpoint_file(path).get('mlpvision') or {}
+    ckpt = load_checkpoint_file(path)
+    meta = ckpt.get('mlpvision') or {}
+    if 'config' in meta and 'optimizer' not in ckpt:  # best.pth: the best epoch's weights, no training state
+        last = path.parent / 'last.pth'
+        raise UsageError(f'{str(path)!r} holds weights only (best.pth keeps the best epoch, not the optimizer, '
+                         f'schedule and position), so it cannot resume a run; resume from '
+                         + (f'{str(last)!r} (--resume auto --output {path.parent})' if last.is_file() else
+                            "the run's last.pth") + f', or start a new run from its weights with --finetune {path}')
     if 'config' not in meta:
         raise CheckpointError(f'checkpoint {str(path)!r} is not an mlpvision training checkpoint (no '
                               f'configuration in it); use --finetune to start from its weights')

@@ -188,13 +188,17 @@ def _model_meta(cfg: SegConfig, classes: list[str], palette: list) -> dict:
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The UperNet a ``train-seg`` checkpoint (best.pth / last.pth) holds, in eval mode, and its metadata."""
+    """The UperNet a segmentation checkpoint (best.pth / last.pth) holds, in eval mode, and its metadata."""
+    return model_from_checkpoint_dict(load_checkpoint_file(path), path)
+
+
+def model_from_checkpoint_dict(ckpt: dict, path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """:func:`model_from_checkpoint` of a checkpoint already read (``path`` names it in errors)."""
     from .._checkpoint import CheckpointError
-    ckpt = load_checkpoint_file(path)
     meta = ckpt.get('mlpvision') or {}
     if meta.get('task') != 'segmentation':
-        raise CheckpointError(f'{str(path)!r} is not a train-seg checkpoint (no segmentation metadata); pass the '
-                              f'best.pth or last.pth of a train-seg run')
+        raise CheckpointError(f'{str(path)!r} is not a segmentation checkpoint (no segmentation metadata); pass the '
+                              f'best.pth or last.pth of a `mlpvision train --task segment` run')
     model = build_seg_model(meta['backbone'], meta['num_classes'], meta['channels'], meta['aux_channels'],
                             meta['aux_head'], meta['model_kwargs'], meta['pyramid'])
     load_weights(model, ckpt['model'], f'checkpoint {str(path)!r}')

@@ -29,7 +29,7 @@ import torch.nn as nn
 from timm.data.transforms import MaybeToTensor
 from timm.utils import random_seed
 
-from .._checkpoint import load_finetune_weights
+from .._checkpoint import load_finetune_state_dict
 from ..data.checks import check_class_names, check_empty_classes, class_counts, class_counts_line, same_stem_groups
 from ..data.datasets import DatasetInfo, build_dataset
 from ..data.loader import create_eval_loader, create_train_loader
@@ -37,11 +37,11 @@ from ..data.memory import BatchAugment, InMemoryLoader, decode_images
 from ..data.transforms import DataConfig, ToMode, build_transform, resolve_data_config
 from ..errors import UsageError
 from ..models import create_any_model
-from .checkpoint import load_checkpoint_file
 from .config import TrainConfig, check_trainable_name, load_recipe, make_config, scaled_lrs
 from .distill import Distiller, build_teacher
 from .distributed import DistInfo, barrier
 from .evaluate import EvalResult, evaluate
+from .loading import finetune_source
 from .metrics import METRIC_COLUMNS, plot_curves
 from .run import (
     BatchSizeError,
@@ -198,10 +198,9 @@ def _set_transforms(cfg: TrainConfig, dc: DataConfig, train_data: DatasetInfo, v
             ds.image_size = (3, *dc.img_size)
 
 
-def _check_finetune_classes(cfg: TrainConfig, train_data: DatasetInfo) -> None:
+def _check_finetune_classes(cfg: TrainConfig, train_data: DatasetInfo, meta: dict | None) -> None:
     """The class names a ``--finetune`` checkpoint records (ours do; official ones name none) against the data
     set's, when its classifier fits and is kept."""
-    meta = load_checkpoint_file(cfg.finetune).get('mlpvision')
     if isinstance(meta, dict) and meta.get('classes'):
         check_class_names(meta['classes'], train_data.classes, f'--finetune {cfg.finetune!r}',
                           f'the training split of {cfg.data_dir or cfg.dataset}', cfg.relabel,
@@ -344,9 +343,12 @@ class ClassifyTask(Task):
 
         random_seed(cfg.seed, 0)  # identical initial weights in every process
         model, self.model_kwargs = build_model(cfg, train_data.num_classes, in_chans)
-        self.head_reset = load_finetune_weights(model, cfg.finetune) if cfg.finetune else []
-        if cfg.finetune and not self.head_reset:  # the checkpoint's classifier is kept: its classes must be these
-            _check_finetune_classes(cfg, train_data)
+        self.head_reset = []
+        if cfg.finetune:  # WEIGHTS: a file, a convert folder or a released NAME.TAG (engine.loading)
+            sd, source, meta = finetune_source(cfg.finetune)
+            self.head_reset = load_finetune_state_dict(model, sd, source)
+            if not self.head_reset:  # the checkpoint's classifier is kept: its classes must be these
+                _check_finetune_classes(cfg, train_data, meta)
         data_cfg = resolve_data_config(model, cfg.img_size, in_chans, cfg.mean, cfg.std, cfg.interpolation,
                                        cfg.crop_pct)
         _set_transforms(cfg, data_cfg, train_data, val_data)

@@ -279,6 +279,7 @@ class PyramidNet(BackboneBase):
         head's: after ``reset_classifier(0)`` the head has no parameter to take them from)."""
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool, **get_device_dtype(self))
+        self.head.train(self.training)  # timm's contract: the new head follows its parent's mode too
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
@@ -353,6 +354,7 @@ class IsotropicNet(BackboneBase):
         # on the model's device and dtype, not the defaults (a double() or meta-device model keeps its kind)
         dd = get_device_dtype(self)
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)  # timm's contract: the new head follows its parent's mode too
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)  # B, N, C

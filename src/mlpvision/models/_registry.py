@@ -41,7 +41,7 @@ from ..errors import UsageError
 
 __all__ = ['register_model', 'build_model', 'list_models', 'is_model', 'create_model', 'create_any_model',
            'model_entrypoint', 'model_family', 'ModelMeta', 'generate_cfgs', 'model_meta', 'Weights',
-           'pretrained_weights', 'list_pretrained', 'load_pretrained_dir']
+           'pretrained_weights', 'list_pretrained', 'load_pretrained_dir', 'pretrained_state_dict']
 
 _MODEL_NAMES: dict[str, str] = {}  # name -> family (module file name)
 
@@ -287,6 +287,15 @@ def _pretrained_source(variant: str, kwargs: dict) -> tuple[dict, str] | None:
         f'{name} has no released weights' + (f' (the tags with weights: {", ".join(tags)})' if tags else
                                               ' (no official checkpoint of this variant was released)') +
         '. Use pretrained=False, or checkpoint_path=FILE for weights of your own.')
+
+
+def pretrained_state_dict(name: str, cache_dir: str | os.PathLike | None = None) -> tuple[dict, str] | None:
+    """The released weights of ``name.tag`` as ``pretrained=True`` reads them (downloaded once into the cache and
+    checked): (state dict, how errors name it), or None where timm loads them itself (the Hugging Face Hub)."""
+    base, _, tag = name.partition('.')
+    if not is_model(base):
+        raise _unknown_model_error(base)
+    return _pretrained_source(base, {'pretrained_cfg': tag or None, 'cache_dir': cache_dir})
 
 
 @dataclass(frozen=True)
