@@ -40,17 +40,6 @@ def test_unknown_subcommand_exits_2():
     assert e.value.code == 2
 
 
-def test_readme_model_table_is_current():
-    """The README's model table is generated from the registry; regenerate with `mlpvision models --format md`."""
-    from pathlib import Path
-
-    from mlpvision.model_table import format_rows, model_rows
-    readme = (Path(__file__).parents[1] / 'README.md').read_text()
-    start = readme.index('\n', readme.index('<!-- models:start')) + 1
-    table = readme[start:readme.index('<!-- models:end -->')]
-    assert table == format_rows(model_rows(), 'md')
-
-
 def test_model_kwargs_have_one_syntax():
     """Every subcommand reads --model-kwargs with the same parser: pairs as separate arguments or joined by commas
     (a comma followed by KEY= starts a pair, so a tuple value keeps its commas), values as Python literals."""

@@ -242,17 +242,6 @@ def test_tags_listed_as_in_timm():
         assert w.top1 is not None or 'no ' in w.top1_source  # a figure, or the reason there is none
 
 
-def test_readme_weights_table_is_current():
-    """The README's per-tag table is generated from the registry: regenerate with
-    ``mlpvision.model_table.weights_table()``."""
-    from pathlib import Path
-
-    from mlpvision.model_table import weights_table
-    readme = (Path(__file__).parents[1] / 'README.md').read_text()
-    start = readme.index('\n', readme.index('<!-- weights:start')) + 1
-    assert readme[start:readme.index('<!-- weights:end -->')] == weights_table()
-
-
 @torch.no_grad()
 def test_timm_hub_file_downloads_into_ours(server, cache):
     """timm's hub file for the same architecture (timm/resmlp_12_224.*: model.safetensors, timm's key names and
