@@ -216,6 +216,7 @@ def test_channels_last_only_changes_the_storage(name, kw, size):
 # variant's own arguments, so each registered name keeps its knobs (block type, groups, kernels) at a small size.
 SMALL = {
     'as_mlp': dict(embed_dim=32, depths=(1, 1, 1, 1)),
+    'cycle_mlp': dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1)),
     'hire_mlp': dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1)),
     'strip_mlp': dict(embed_dim=16, depths=(1, 1, 1, 1), img_size=64),
     'repmlp': dict(img_size=64, partition=4, local_kernels=(1, 3), depths=(1, 2, 2, 1)),
@@ -228,6 +229,8 @@ SMALL_INPUT = (64, 64)  # every SMALL configuration runs at 64x64 (a multiple of
 NOT_SCRIPTABLE = {
     'as_mlp': 'AS-MLP blocks hand their conv modules to the oneDNN dispatch of mlpvision.layers.fast_linear; '
               'TorchScript cannot pass a module as an argument',
+    'cycle_mlp': 'CycleMLP blocks hand their layers to the oneDNN dispatch of mlpvision.layers.fast_linear; '
+                 'TorchScript cannot pass a module as an argument',
     'hire_mlp': 'Hire-MLP blocks hand their conv modules to the oneDNN dispatch of mlpvision.layers.fast_linear; '
                 'TorchScript cannot pass a module as an argument',
     'repmlp': 'the Local Perceptron convs are attributes named by kernel size (repconv{k}, the official keys), which '

@@ -14,6 +14,7 @@ from ._registry import (
     pretrained_weights,
 )
 from .as_mlp import *  # noqa: F403
+from .cycle_mlp import *  # noqa: F403
 from .hire_mlp import *  # noqa: F403
 from .repmlp import *  # noqa: F403
 from .repmlpnet import *  # noqa: F403
