@@ -34,19 +34,20 @@ SUBCOMMANDS = {
                              'from the checkpoint)'),
     'predict': ('predict', 'predict with a checkpoint: top-k labels, or segmentation / detection drawings with '
                            '--output'),
-    'train-seg': ('train_seg', 'train UperNet segmentation: the same as train --task segment (kept for old commands)'),
-    'predict-seg': ('predict_seg', 'segment images with a segmentation checkpoint: the same as predict -o DIR (kept '
-                                   'for old commands)'),
-    'validate-seg': ('validate_seg', 'evaluate a segmentation checkpoint: the same as validate (kept for old '
-                                     'commands)'),
     'viz': ('viz', 'pictures of a model: receptive fields, token-mixing weights, Grad-CAM, feature maps (PNG + .npy)'),
     'bench': ('bench', 'benchmark models: params, GMACs, throughput, latency, training speed, peak memory'),
     'convert': ('convert', 'convert a checkpoint to a Hugging Face Hub-style folder (model.safetensors + config.json) '
                            'timm loads'),
     'export': ('export', 'export a model to ONNX or torch.export (.pt2), verified against eager before it is written'),
     'quantize': ('quantize', 'quantize a model to int8 for CPU inference (post-training, calibrated on real images)'),
+    'train-seg': ('train_seg', 'train UperNet segmentation: the same as train --task segment (kept for old commands)'),
+    'validate-seg': ('validate_seg', 'evaluate a segmentation checkpoint: the same as validate (kept for old '
+                                     'commands)'),
+    'predict-seg': ('predict_seg', 'segment images with a segmentation checkpoint: the same as predict -o DIR (kept '
+                                   'for old commands)'),
 }
-DESCRIPTION = 'Vision-MLP backbones: models, training, benchmarks.'
+DESCRIPTION = ('Vision-MLP backbones: models, training, benchmarks. Commands that run a model take WEIGHTS: a model name '
+               '(random weights), NAME.TAG (released weights), a checkpoint file or a folder of mlpvision convert.')
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '
           '8x slower than one on a 2-core machine (README, "Threads").')
 

@@ -159,6 +159,22 @@ def test_cli_quantize_reports_top1_and_writes_a_loadable_file(capsys, tmp_path):
     assert back.recipe.data_config['input_size'] == [3, 32, 32]
 
 
+def test_cli_quantize_val_dir_classes_are_matched_by_name(capsys, tmp_path):
+    """A convert folder names its classes: a --val-dir whose folders are other names is refused before anything is
+    quantized (issue 27), unless --relabel."""
+    from mlpvision.hub import save_pretrained
+    args = dict(img_size=32, patch_size=4, embed_dim=32, depth=1, num_classes=2)
+    save_pretrained(mlpvision.create_model('resmlp_s12', **args), tmp_path / 'conv', label_names=['cat', 'dog'],
+                    model_args=args)
+    folder = _image_folder(tmp_path / 'images')  # classes a, b
+    common = ('--calib-dir', folder, '--calib-images', 4, '--val-dir', folder, '-j', 0, '--threads', 1)
+    rc, _, err = cli(capsys, 'quantize', tmp_path / 'conv', *common, '-o', tmp_path / 'q.safetensors')
+    assert_one_error_line(rc, err, 'quantize', "'cat'", "'a'", '--relabel')
+    assert not (tmp_path / 'q.safetensors').exists()
+    rc, _, err = cli(capsys, 'quantize', tmp_path / 'conv', *common, '--relabel', '-o', tmp_path / 'q.safetensors')
+    assert rc == 0, err
+
+
 def test_cli_quantize_takes_a_converted_folder(capsys, tmp_path):
     from mlpvision.hub import save_pretrained
     folder = _image_folder(tmp_path / 'images')

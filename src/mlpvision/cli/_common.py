@@ -157,7 +157,7 @@ class Concept:
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
     default: Any = None
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
     alias_values: tuple[tuple[str, str], ...] = ()  # old values of an old spelling -> the new values
 
 
@@ -169,7 +169,7 @@ CONCEPTS: dict[str, Concept] = {
                    alias_values=(('fp32', 'none'),)),
     'batch_size': Concept(('-b', '--batch-size')),
     'workers': Concept(('-j', '--workers')),
-    'img_size': Concept(('--img-size',), metavar='H [W]'),
+    'img_size': Concept(('--img-size',), metavar=('H', 'W')),
     'threads': Concept(('--threads',)),
     'device': Concept(('--device',)),
     'seed': Concept(('--seed',)),

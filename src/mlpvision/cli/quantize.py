@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option(p, 'batch_size', 'images per batch (default 64)', type=int, default=64)
     add_option(p, 'workers', 'data loading processes for --val-dir (default 2)', type=int, default=2)
     add_option(p, 'threads', "CPU threads for torch (default: torch's, one per core)", type=int)
+    p.add_argument('--relabel', action='store_true',
+                   help="with --val-dir: read the model's outputs as the folder's classes by position even where "
+                        "their names differ (default: the names a checkpoint records must match)")
 
 
 def _load(args: argparse.Namespace):
@@ -52,16 +55,19 @@ def _load(args: argparse.Namespace):
     kwargs = dict(lm.kwargs)
     kwargs.pop('deploy', None)  # quantize re-parameterises itself
     what = {'name': 'random weights', 'tag': 'released weights', 'folder': 'converted folder'}.get(lm.kind, 'file')
+    # class names to compare with --val-dir's folders: those a training checkpoint or a convert folder records
+    # (a name's or an official file's are indices or ImageNet descriptions, not folder names)
+    named = bool((lm.meta or {}).get('classes')) or (
+        lm.kind == 'folder' and bool((getattr(lm.model, 'pretrained_cfg', None) or {}).get('label_names')))
+    args.named_classes = named
     return lm.model, lm.name, kwargs, lm.data_cfg, lm.classes, f'{lm.source} ({what}, {lm.form} form)'
 
 
-def _top1(model, val_dir: str, data_cfg, classes: list[str], batch_size: int, workers: int) -> tuple[float, int]:
-    import torch
-
+def _val_data(val_dir: str, classes: list[str], named: bool, relabel: bool):
+    """The class folders of ``--val-dir``, checked before anything is quantized: their count, and their names where
+    ``named`` (the checkpoint records names; one line naming the first difference unless ``relabel``)."""
+    from mlpvision.data.checks import check_class_names
     from mlpvision.data.datasets import DatasetError, build_dataset
-    from mlpvision.data.loader import create_eval_loader
-    from mlpvision.data.transforms import build_transform
-    from mlpvision.engine.evaluate import evaluate
 
     if not os.path.isdir(val_dir):
         raise UsageError(f'--val-dir {val_dir!r} is not a folder; give a folder of class sub-folders')
@@ -73,6 +79,19 @@ def _top1(model, val_dir: str, data_cfg, classes: list[str], batch_size: int, wo
     if info.num_classes != len(classes):
         raise UsageError(f'--val-dir {val_dir!r} has {info.num_classes} class folders but the model predicts '
                          f'{len(classes)} classes; give the validation split of the data it was trained on')
+    if named:
+        check_class_names(classes, info.classes, 'the model', f'--val-dir {val_dir!r}', relabel,
+                          fix='give the validation split of the data it was trained on')
+    return info
+
+
+def _top1(model, info, data_cfg, classes: list[str], batch_size: int, workers: int) -> tuple[float, int]:
+    import torch
+
+    from mlpvision.data.loader import create_eval_loader
+    from mlpvision.data.transforms import build_transform
+    from mlpvision.engine.evaluate import evaluate
+
     info.dataset.transform = build_transform(data_cfg, False)
     loader = create_eval_loader(info.dataset, batch_size, num_workers=workers, pin_memory=False)
     res = evaluate(model, loader, len(classes), torch.device('cpu'), classes=classes)
@@ -88,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f'--output must name a .safetensors file; got {args.output!r}')
     check_writable(args.output, args.overwrite, [args.weights])
     model, name, kwargs, dc, classes, what = _load(args)
+    val = _val_data(args.val_dir, classes, args.named_classes, args.relabel) if args.val_dir else None
     print(f'model: {name} from {what}; input {"x".join(map(str, dc.input_size))}')
     t = time.perf_counter()
     calib = calibration_batches(args.calib_dir, dc, args.calib_images, args.batch_size)
@@ -96,10 +116,9 @@ def run(args: argparse.Namespace) -> int:
                  model_name=name, model_kwargs=kwargs)
     q.recipe.calibration = {'images': n, 'folder': os.path.abspath(args.calib_dir)}
     print(f'quantized: int8 with {n} calibration images from {args.calib_dir} in {time.perf_counter() - t:.1f} s')
-    if args.val_dir:
-        float_top1, count = _top1(reparameterize(model).eval(), args.val_dir, dc, classes, args.batch_size,
-                                  args.workers)
-        int8_top1, _ = _top1(q, args.val_dir, dc, classes, args.batch_size, args.workers)
+    if val is not None:
+        float_top1, count = _top1(reparameterize(model).eval(), val, dc, classes, args.batch_size, args.workers)
+        int8_top1, _ = _top1(q, val, dc, classes, args.batch_size, args.workers)
         q.recipe.accuracy = {'val_dir': os.path.abspath(args.val_dir), 'images': count, 'float_top1': float_top1,
                              'int8_top1': int8_top1}
         print(f'top-1 on {args.val_dir} ({count} images): float {float_top1:.2f}%  int8 {int8_top1:.2f}%  '
