@@ -46,8 +46,9 @@ SUBCOMMANDS = {
     'predict-seg': ('predict_seg', 'segment images with a segmentation checkpoint: the same as predict -o DIR (kept '
                                    'for old commands)'),
 }
-DESCRIPTION = ('Vision-MLP backbones: models, training, benchmarks. Commands that run a model take WEIGHTS: a model name '
-               '(random weights), NAME.TAG (released weights), a checkpoint file or a folder of mlpvision convert.')
+DESCRIPTION = ('Vision-MLP backbones: models, training, benchmarks. Commands that run a model take WEIGHTS: a model '
+               'name (random weights), NAME.TAG (released weights), a checkpoint file or a folder of mlpvision '
+               'convert.')
 EPILOG = ('OMP_WAIT_POLICY is PASSIVE unless set in the environment: spinning idle OpenMP threads made two threads '
           '8x slower than one on a 2-core machine (README, "Threads").')
 
