@@ -166,7 +166,8 @@ def test_bad_input_is_one_clear_line(image, tmp_path, capsys):
     broken = tmp_path / 'broken.png'
     broken.write_bytes(b'not a png')
     rc, _, err = cli(capsys, 'viz', 'features', 'as_mlp_tiny', broken, '-o', tmp_path, *args)
-    assert_one_error_line(rc, err, 'viz', 'broken.png')
+    assert_one_error_line(rc, err, 'viz', 'broken.png', 'remove or replace it')
+    assert '--skip-corrupt' not in err  # viz has no such flag
     rc, _, err = cli(capsys, 'viz', 'erf', 'as_mlp_tiny', '--images', tmp_path / 'missing.png', *args)
     assert_one_error_line(rc, err, 'viz', 'missing.png', 'does not exist')
     rc, _, err = cli(capsys, 'viz', 'weights', 'resmlp_s12', '--block', '5', *_small_args('resmlp_s12'))

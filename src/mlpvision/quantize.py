@@ -487,5 +487,5 @@ def calibration_batches(
         files = [files[int(i * step)] for i in range(num_images)]
     dc = DataConfig.from_dict(data_config) if isinstance(data_config, dict) else data_config
     tf = build_transform(dc, False)
-    images = [tf(load_image(f)) for f in files]
+    images = [tf(load_image(f, skip_flag=False)) for f in files]
     return list(torch.stack(images).split(batch_size))

@@ -89,7 +89,7 @@ def load_images(paths: Sequence[str | os.PathLike], data_cfg: DataConfig) -> tor
     """
     from .engine.inference import find_images
     tf = build_transform(data_cfg, False)
-    return torch.stack([tf(load_image(f)) for f in find_images(paths)])
+    return torch.stack([tf(load_image(f, skip_flag=False)) for f in find_images(paths)])
 
 
 def _unnormalize(x: torch.Tensor, data_cfg: DataConfig) -> np.ndarray:

@@ -111,7 +111,7 @@ def _predict_detection(loaded, args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         for f in files:
-            img = np.asarray(load_image(str(f)).convert('RGB'))
+            img = np.asarray(load_image(str(f), skip_flag=False).convert('RGB'))
             x = torch.from_numpy(img.copy()).permute(2, 0, 1)
             pred = {k: v.cpu() for k, v in model([x.float().div(255).to(device)])[0].items()}
             keep = pred['scores'] >= args.score

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, loaded=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         for f in files:
-            img = load_image(str(f)).convert('RGB')
+            img = load_image(str(f), skip_flag=False).convert('RGB')
             x, _ = tf(img)
             logits = predict_logits(model, x[None].to(device), meta['num_classes'], args.eval_mode, args.slide_crop,
                                     args.slide_stride, size=(img.height, img.width))

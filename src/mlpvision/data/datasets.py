@@ -82,8 +82,9 @@ class ArrayDataset(Dataset):
         return img, self.targets[index]
 
 
-def load_image(path: str) -> Image.Image:
-    """Open and decode an image file; a file PIL cannot decode raises :class:`CorruptImageError` naming it."""
+def load_image(path: str, skip_flag: bool = True) -> Image.Image:
+    """Open and decode an image file; a file PIL cannot decode raises :class:`CorruptImageError` naming it (and
+    ``--skip-corrupt`` where ``skip_flag``: only for the commands that have that flag)."""
     try:
         with open(path, 'rb') as f:
             img = Image.open(f)
@@ -91,7 +92,8 @@ def load_image(path: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL's "cannot identify image file <_io.BufferedReader ...>" says no more than this
         detail = 'not an image PIL can read' if isinstance(e, UnidentifiedImageError) else f'{type(e).__name__}: {e}'
-        raise CorruptImageError(f'corrupt image {path!r} ({detail}); remove it or pass --skip-corrupt') from None
+        fix = 'remove it or pass --skip-corrupt' if skip_flag else 'remove or replace it'
+        raise CorruptImageError(f'corrupt image {path!r} ({detail}); {fix}') from None
     return img
 
 
