@@ -186,3 +186,55 @@ def test_training_matches_inference_path():
         ref = model.eval()(x)
     y = model.train()(x)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- dense backbones --------------------------------------------------------------------------------------------
+
+def test_dense_backbone_at_320x416_with_the_official_output_norms(tmp_path):
+    """``mlpvision.dense.backbone('cycle_mlp_b1')`` is the official ``CycleNet(fork_feat=True)``: the stage outputs,
+    each through a LayerNorm over the channels (its ``norm0`` .. ``norm6``; eps 1e-5), at ``ceil(side / stride)``;
+    a classification checkpoint loads into it."""
+    from mlpvision.dense import backbone
+
+    sd = fill_state_dict(parity_record('cycle_mlp_b1')['schema'])
+    torch.save({'model': sd}, tmp_path / 'b1.pth')
+    b = backbone('cycle_mlp_b1', checkpoint_path=tmp_path / 'b1.pth').eval()
+    assert all(isinstance(n, nn.LayerNorm) and n.eps == 1e-5 for n in b.out_norms)
+    x = make_input(seed=2, shape=[1, 3, 320, 416])
+    with torch.no_grad():
+        feats = b(x)
+        _, ref = _official_model('cycle_mlp_b1').forward_intermediates(x)
+    assert b.out_channels == [64, 128, 320, 512] and b.strides == [4, 8, 16, 32]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(80, 104), (40, 52), (20, 26), (10, 13)]
+    for f, r, norm in zip(feats, ref, b.out_norms, strict=True):
+        torch.testing.assert_close(f, norm(r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('head', ['maskrcnn', 'retinanet', 'upernet'])
+def test_dense_heads_run_at_320x416(head):
+    from mlpvision import dense
+
+    torch.manual_seed(0)
+    if head == 'upernet':
+        model = dense.upernet('cycle_mlp_b1', 150).eval()
+        with torch.no_grad():
+            out = model(torch.randn(1, 3, 320, 416))
+        assert out['out'].shape == (1, 150, 320, 416)
+        return
+    model = getattr(dense, head)('cycle_mlp_b1', 80, min_size=320, max_size=416).eval()
+    with torch.no_grad():
+        (det,) = model([torch.rand(3, 320, 416)])
+    assert det['boxes'].shape[1] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('fmt', ['pt2', 'onnx'])
+def test_export_serves_any_size(fmt, tmp_path):
+    """torch.export / the dynamo ONNX exporter with dynamic batch and size, verified by export_model against eager
+    (batches 1 and 3, square and non-square sizes; about a minute each on 2 cores)."""
+    from mlpvision.export import export_model
+
+    model = mlpvision.create_model('cycle_mlp_b1', embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1)).eval()
+    result = export_model(model, tmp_path / f'm.{fmt}', format=fmt, dynamic_batch=True, dynamic_size=True)
+    assert max(c.rel_diff for c in result.checks) < 1e-4
+    assert {c.size for c in result.checks} >= {(224, 224), (256, 288)}

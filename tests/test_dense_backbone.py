@@ -14,6 +14,7 @@ from mlpvision.errors import UsageError
 # one small configuration per family: the canvas families get a canvas covering the 100 x 150 test input
 SMALL = {
     'as_mlp_tiny': dict(depths=(1, 1, 1, 1)),
+    'cycle_mlp_b1': dict(depths=(1, 1, 1, 1)),
     'hire_mlp_tiny': dict(depths=(1, 1, 1, 1)),
     'strip_mlp_tiny': dict(depths=(1, 1, 1, 1), img_size=(128, 160)),
     'repmlpnet_t224': dict(depths=(1, 1, 1, 1)),
@@ -35,7 +36,7 @@ def test_pyramid_at_a_non_square_size(name):
 def test_out_channels_per_family():
     chans = {n: backbone(n, **SMALL[n]).out_channels for n in SMALL}
     assert chans == {
-        'as_mlp_tiny': [96, 192, 384, 768], 'hire_mlp_tiny': [64, 128, 320, 512],
+        'as_mlp_tiny': [96, 192, 384, 768], 'cycle_mlp_b1': [64, 128, 320, 512], 'hire_mlp_tiny': [64, 128, 320, 512],
         'strip_mlp_tiny': [80, 160, 320, 640], 'repmlpnet_t224': [64, 128, 256, 512],
         'repmlp_res50_light_224': [256, 512, 1024, 2048],
         'resmlp_s12': [96, 192, 384, 384],  # ViTDet's pyramid: C/4, C/2 by transposed convs, C, C pooled

@@ -8,7 +8,7 @@ Input sizes. Every backbone takes any H x W up to what its family allows; the in
 right to a size the trunk runs at and every output map is cropped back to ``ceil(H / s) x ceil(W / s)`` (s the
 map's stride), the maps mmdet's backbones give on an input padded to ``size_divisor=32``:
 
-* AS-MLP, Hire-MLP (fully convolutional): padded to a multiple of 32 per side.
+* AS-MLP, Hire-MLP, CycleMLP (fully convolutional): padded to a multiple of 32 per side.
 * RepMLPNet (token-mixing FCs sized by the partition, the stage map at the native ``img_size``; integer multiples of
   it per axis run with more partitions and the same weights): padded to the next multiple of the native size per
   axis (224 x 224 built: 320 x 416 runs as 448 x 448). The 224 / 256 weights load unchanged.
@@ -44,7 +44,10 @@ lateral and output convs in the detectors here).
 Official dense code followed: svip-lab/AS-MLP-Object-Detection@f80ff38ff2e5c42d8b10a56d57d60e3377f81ba3,
 ``mmdet/models/backbones/asmlp.py``: one ``GroupNorm(1, C)`` per output (its ``norm{i}``); ``frozen_stages``: 0 freezes
 the stem, k >= 1 the stem and stages 0..k-1 (its ``_freeze_stages``: ``layers[0 .. k-2]`` whose downsample feeds our
-stage k-1). Hire-MLP, Strip-MLP and RepMLP have no released detection code: their stage outputs are used as they are.
+stage k-1). CycleMLP's dense backbone is the official ``CycleNet(fork_feat=True)`` of
+ShoufaChen/CycleMLP@4e062a03e875d8dc4fbdd5dec96a918494705d38 ``cycle_mlp.py``: one LayerNorm per output (its detection
+and segmentation configs are not released: its detection/README.md says "coming soon"). Hire-MLP, Strip-MLP and RepMLP
+have no released detection code: their stage outputs are used as they are.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ import operator
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -72,14 +76,16 @@ _logger = logging.getLogger(__name__)
 # family -> how an input of any size is brought to one the trunk runs at (see the module docstring)
 SIZE_POLICY = {
     'as_mlp': 'multiple of 32',
+    'cycle_mlp': 'multiple of 32',
     'hire_mlp': 'multiple of 32',
     'repmlpnet': 'multiple of the native img_size',
     'strip_mlp': 'canvas img_size',
     'repmlp': 'canvas img_size',
     'resmlp': 'canvas img_size',
 }
-# AS-MLP's official detection backbone norms each output with GroupNorm(1, C) (its ``norm{i}``)
-_OUT_NORM = {'as_mlp': GroupNorm1}
+# AS-MLP's official detection backbone norms each output with GroupNorm(1, C) (its ``norm{i}``), CycleMLP's with a
+# LayerNorm over the channels (``CycleNet(fork_feat=True)``: ``norm0`` .. ``norm6``, nn.LayerNorm's eps 1e-5)
+_OUT_NORM = {'as_mlp': GroupNorm1, 'cycle_mlp': partial(LayerNorm2d, eps=1e-5)}
 _FAMILY_NAMES = {'strip_mlp': 'Strip-MLP', 'repmlp': 'RepMLP-Res50', 'resmlp': 'ResMLP'}
 # what happens to classification weights of another size on a canvas of this family (for the error messages)
 _WEIGHTS_NOTE = {
