@@ -8,7 +8,7 @@ Input sizes. Every backbone takes any H x W up to what its family allows; the in
 right to a size the trunk runs at and every output map is cropped back to ``ceil(H / s) x ceil(W / s)`` (s the
 map's stride), the maps mmdet's backbones give on an input padded to ``size_divisor=32``:
 
-* AS-MLP, Hire-MLP, CycleMLP (fully convolutional): padded to a multiple of 32 per side.
+* AS-MLP, Hire-MLP, CycleMLP, Wave-MLP (fully convolutional): padded to a multiple of 32 per side.
 * RepMLPNet (token-mixing FCs sized by the partition, the stage map at the native ``img_size``; integer multiples of
   it per axis run with more partitions and the same weights): padded to the next multiple of the native size per
   axis (224 x 224 built: 320 x 416 runs as 448 x 448). The 224 / 256 weights load unchanged.
@@ -78,6 +78,7 @@ SIZE_POLICY = {
     'as_mlp': 'multiple of 32',
     'cycle_mlp': 'multiple of 32',
     'hire_mlp': 'multiple of 32',
+    'wave_mlp': 'multiple of 32',
     'repmlpnet': 'multiple of the native img_size',
     'strip_mlp': 'canvas img_size',
     'repmlp': 'canvas img_size',
@@ -314,7 +315,7 @@ class DenseBackbone(nn.Module):
             if h > ch or w > cw:
                 rule = self.canvas_rule
                 fit = rule.round_up((max(h, ch), max(w, cw)))
-                raise ValueError(
+                raise UsageError(
                     f'{self.name} backbone was built for a {ch}x{cw} canvas and takes inputs up to that size (padded '
                     f'to it), got {h}x{w}: resize the input to fit, or build it with img_size={fit} '
                     f'({rule.describe()}; {_WEIGHTS_NOTE[self.family]}).')
@@ -324,7 +325,7 @@ class DenseBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4:
-            raise ValueError(f'{self.name} backbone expects a batch of images (B, C, H, W); got {tuple(x.shape)}.')
+            raise UsageError(f'{self.name} backbone expects a batch of images (B, C, H, W); got {tuple(x.shape)}.')
         h, w = x.shape[-2:]
         ph, pw = self.padded_size(h, w)
         if (ph, pw) != (h, w):

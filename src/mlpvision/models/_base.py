@@ -34,6 +34,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .._checkpoint import model_name  # defined low in the layers: the checkpoint loader names models too
+from ..errors import UsageError
 
 __all__ = ['BackboneBase', 'PyramidNet', 'IsotropicNet', 'SequentialStage', 'prenorm_residual_forward', 'check_input',
            'to_2tuple_int', 'model_name', 'one_d_and_bias_params']
@@ -211,25 +212,25 @@ def check_input(
         min_size: H and W must be at least this, or None.
     """
     if x.ndim != 4:
-        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
+        raise UsageError(f'{model_name} expects a batch of images (B, C, H, W); got shape {tuple(x.shape)}.')
     c, h, w = x.shape[1:]
     if c != in_chans:
-        raise ValueError(
+        raise UsageError(
             f'{model_name} was built for {in_chans}-channel input but got {c} channels (input shape {tuple(x.shape)}). '
             f'Convert the images, or build the model with in_chans={c}.')
     if img_size is not None and (h, w) != tuple(img_size):
-        raise ValueError(
+        raise UsageError(
             f'{model_name} was built for {img_size[0]}x{img_size[1]} input but got {h}x{w}. '
             f'Resize the input, or build the model with img_size=({h}, {w}) (weights sized for another input size '
             f'will not load).')
     if multiple is not None:
         mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
         if h % mh or w % mw:
-            raise ValueError(
+            raise UsageError(
                 f'{model_name} needs input height a multiple of {mh} and width a multiple of {mw}; got {h}x{w}. '
                 f'Resize or pad the input (e.g. to {-(-h // mh) * mh}x{-(-w // mw) * mw}).')
     if min_size is not None and min(h, w) < min_size:
-        raise ValueError(f'{model_name} needs input of at least {min_size}x{min_size} pixels, got {h}x{w}. Upsample or '
+        raise UsageError(f'{model_name} needs input of at least {min_size}x{min_size} pixels, got {h}x{w}. Upsample or '
                          f'pad the input.')
     return x
 
