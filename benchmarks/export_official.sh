@@ -20,6 +20,7 @@ show AS-MLP dd1eb4f models/as_mlp.py asmlp/as_mlp.py
 show AS-MLP dd1eb4f models/shift_cuda.py asmlp/shift_cuda.py
 touch "$out/asmlp/__init__.py"
 show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/hire_mlp.py hire_mlp.py
+show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/wave_mlp.py wave_mlp.py
 show Strip_MLP 492d705 models/strip_mlp.py strip_mlp.py
 show RepMLP 3eff13f repmlpnet.py repmlpnet.py
 echo "official files in $out"

@@ -3,7 +3,7 @@
     benchmarks/export_official.sh CLONES_DIR          # the official model files, at the parity fixtures' commits
     python benchmarks/side_by_side.py FAMILY [--repeats 7] [--threads 2] [--batch 8] [--img-size 224]
 
-FAMILY is one of resmlp, asmlp, hiremlp, stripmlp, repmlpnet. The official model is built from
+FAMILY is one of resmlp, asmlp, hiremlp, stripmlp, repmlpnet, wavemlp. The official model is built from
 ``benchmarks/official/`` (never committed), its parameter count and its logits are checked against the parity
 fixture (``tests/fixtures/parity``, weights from ``fill.fill_state_dict``), the same weights are loaded into
 mlpvision's model through ``create_model(checkpoint_path=...)`` and checked too (train and deploy form). Then, in
@@ -52,6 +52,7 @@ FAMILIES = {  # family -> (mlpvision name, official constructor as the official 
     'stripmlp': ('strip_mlp_tiny_light', lambda: importlib.import_module('strip_mlp').StripMLPNet(
         embed_dim=80, layers=[2, 2, 6, 2], alpha=3)),
     'repmlpnet': ('repmlpnet_t224', lambda: importlib.import_module('repmlpnet').create_RepMLPNet_T224()),
+    'wavemlp': ('wave_mlp_t', lambda: importlib.import_module('wave_mlp').WaveMLP_T()),
 }
 
 

@@ -222,6 +222,7 @@ SMALL = {
     'repmlp': dict(img_size=64, partition=4, local_kernels=(1, 3), depths=(1, 2, 2, 1)),
     'repmlpnet': dict(img_size=64, embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), sharesets=(1, 2, 4, 8)),
     'resmlp': dict(img_size=64, embed_dim=32, depth=2),
+    'wave_mlp': dict(embed_dims=(16, 32, 32, 64), depths=(1, 1, 1, 1)),
 }
 SMALL_INPUT = (64, 64)  # every SMALL configuration runs at 64x64 (a multiple of 32; the fixed-size ones are built so)
 
@@ -241,6 +242,8 @@ NOT_SCRIPTABLE = {
                  'module to the oneDNN dispatch of mlpvision.layers.fast_linear',
     'resmlp': "ResMLP's channel MLPs (mlpvision.layers.Mlp) hand themselves to the oneDNN dispatch of "
               'mlpvision.layers.fast_linear (mlp_forward); TorchScript cannot pass a module as an argument',
+    'wave_mlp': 'Wave-MLP blocks hand their modules to the oneDNN dispatch of mlpvision.layers.fast_linear; '
+                'TorchScript cannot pass a module as an argument',
 }
 
 

@@ -50,8 +50,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'pointwise_conv', 'mlp_forward', 'conv_mlp_forward',
-           'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'onednn_bf16_supported',
+__all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'conv2d', 'pointwise_conv', 'mlp_forward',
+           'conv_mlp_forward', 'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'onednn_bf16_supported',
            'dispatch_mode_active', 'tracing']
 
 _enabled = os.environ.get('MLPVISION_ONEDNN_LINEAR', '1') != '0'
@@ -263,6 +263,19 @@ def conv_act(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None) -> 
         y = conv(x)
         return y if act is None else act(y)
     return _onednn_conv(x, conv.weight, conv.bias, dtype, geometry, act, None)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           padding: tuple[int, int] = (0, 0), groups: int = 1, act: nn.Module | None = None) -> torch.Tensor:
+    """:func:`conv_act` for a stride-1, zero-padded conv whose kernel is given as a tensor (one derived from the
+    parameters: a fold, a reordering; kept by :func:`derived_weights` so that its packed copy is kept too):
+    ``act(F.conv2d(x, weight, bias, padding=padding, groups=groups))``."""
+    padding = tuple(padding)
+    dtype = _conv_dtype(x, weight, bias, None)
+    if dtype is None:
+        y = F.conv2d(x, weight, bias, padding=padding, groups=groups)
+        return y if act is None else act(y)
+    return _onednn_conv(x, weight, bias, dtype, (padding, (1, 1), (1, 1), groups), act, None)
 
 
 def conv1x1(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None,

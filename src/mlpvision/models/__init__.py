@@ -20,3 +20,4 @@ from .repmlp import *  # noqa: F403
 from .repmlpnet import *  # noqa: F403
 from .resmlp import *  # noqa: F403
 from .strip_mlp import *  # noqa: F403
+from .wave_mlp import *  # noqa: F403

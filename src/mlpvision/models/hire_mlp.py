@@ -641,11 +641,12 @@ def _create_hire_mlp(variant: str, pretrained: bool = False, **kwargs) -> HireML
         **kwargs)
 
 
-def _cfg(meta: ModelMeta, **kwargs) -> dict:
-    # official _cfg: crop 0.9, bicubic, ImageNet mean/std; the model accepts any input size
+def _cfg(meta: ModelMeta, crop_pct: float = 0.9, **kwargs) -> dict:
+    # official _cfg: crop 0.9, bicubic, ImageNet mean/std; the model accepts any input size (Wave-MLP, from the same
+    # repository, shares it)
     return dict(
         url='', num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), fixed_input_size=False,
-        crop_pct=0.9, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        crop_pct=crop_pct, interpolation='bicubic', mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
         first_conv='stem.conv', classifier='head.fc', license='mit', meta=meta, **kwargs)
 
 
@@ -656,9 +657,10 @@ _PAPER = 'arXiv:2108.13341 v2 / official README table'
 _RELEASE = 'https://github.com/ggjy/Hire-Wave-MLP.pytorch/releases/download/log/'
 
 
-def _weights(file: str, top1: float) -> Weights:
+def _weights(file: str, top1: float, release: str = _RELEASE) -> Weights:
+    """A release asset of the repository (``release``: its download folder; Wave-MLP's is ``log-wave/``)."""
     return Weights(source='ggjy/Hire-Wave-MLP.pytorch@7ef7ddd784f97b6369d6fbaf913c4c1536949cf6:README.md',
-                   host='direct', page=_RELEASE + file, top1=top1, top1_source='official README table',
+                   host='direct', page=release + file, top1=top1, top1_source='official README table',
                    license='mit')
 
 
