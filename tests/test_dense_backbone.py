@@ -20,6 +20,7 @@ SMALL = {
     'repmlpnet_t224': dict(depths=(1, 1, 1, 1)),
     'repmlp_res50_light_224': dict(depths=(1, 2, 2, 1), img_size=(112, 224)),
     'resmlp_s12': dict(depth=2, img_size=(112, 160)),
+    'wave_mlp_t_dw': dict(depths=(1, 1, 1, 1)),
 }
 
 
@@ -40,6 +41,7 @@ def test_out_channels_per_family():
         'strip_mlp_tiny': [80, 160, 320, 640], 'repmlpnet_t224': [64, 128, 256, 512],
         'repmlp_res50_light_224': [256, 512, 1024, 2048],
         'resmlp_s12': [96, 192, 384, 384],  # ViTDet's pyramid: C/4, C/2 by transposed convs, C, C pooled
+        'wave_mlp_t_dw': [64, 128, 320, 512],
     }
 
 

@@ -18,7 +18,7 @@ def test_models_dense_covers_every_family_under_each_head():
     heads = {}
     for c in DENSE_CONFIGS:
         heads.setdefault(c.backbone.split('_')[0], set()).add(c.head)
-    assert set(heads) == {'as', 'hire', 'strip', 'repmlpnet', 'repmlp', 'resmlp'}
+    assert set(heads) == {'as', 'hire', 'strip', 'repmlpnet', 'repmlp', 'resmlp', 'wave'}
     assert all(h == {'upernet', 'maskrcnn', 'retinanet'} for h in heads.values()), heads
 
 

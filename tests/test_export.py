@@ -32,9 +32,11 @@ SMALL = {
     'repmlp_cifar_pure': (dict(depths=(1, 1, 1)), (32, 32)),
     'repmlpnet_t224': (dict(img_size=64, embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1)), (64, 64)),
     'resmlp_s12': (dict(img_size=64, depth=2, embed_dim=64), (64, 64)),
+    'wave_mlp_t_dw': (dict(embed_dims=(16, 32, 32, 32), depths=(1, 1, 1, 1)), (64, 64)),
 }
-ANY_SIZE = {'as_mlp_tiny', 'hire_mlp_tiny'}
-DEPLOY = {'hire_mlp_tiny', 'repmlp_cifar_pure', 'repmlpnet_t224', 'resmlp_s12'}  # the families with a deploy form
+ANY_SIZE = {'as_mlp_tiny', 'hire_mlp_tiny', 'wave_mlp_t_dw'}
+# the families with a deploy form
+DEPLOY = {'hire_mlp_tiny', 'repmlp_cifar_pure', 'repmlpnet_t224', 'resmlp_s12', 'wave_mlp_t_dw'}
 FORMS = [(n, d) for n in SMALL for d in ((False, True) if n in DEPLOY else (False,))]
 # torch.export takes seconds per model: the default suite captures each family once, in its deploy form where it has
 # one (what int8 quantization exports), the train forms of those in the slow suite
@@ -176,7 +178,8 @@ def test_pt2_dynamic_size(name, tmp_path):
                      input_size=SMALL[name][1])
     lo, hi = r.size_range['height']
     assert hi is None and r.size_range['width'][1] is None
-    assert lo <= {'as_mlp_tiny': 64, 'hire_mlp_tiny': 67}[name]  # every stage map >= 2 (Hire: >= 2 regions)
+    assert lo <= {'as_mlp_tiny': 64, 'hire_mlp_tiny': 67, 'wave_mlp_t_dw': 35}[name]  # every stage map >= 2 (Hire:
+    # >= 2 regions)
     assert len({c.size for c in r.checks}) >= 2 and r.max_rel_diff < 1e-5
     module = torch.export.load(r.path).module()
     x = torch.randn(2, 3, 128, 160) if name == 'as_mlp_tiny' else torch.randn(2, 3, 101, 77)  # Hire: odd sizes

@@ -1,5 +1,5 @@
 """Wave-MLP: the official outputs at a second, non-square size and in train mode, the part of the logits that depends
-on the input, the channel-order rearrangement, structure and knobs, input sizes, checkpoint layouts, pretrained
+on the input, the token-mixing conv as a depthwise one, structure and knobs, input sizes, checkpoint layouts, pretrained
 download and torch.export at any size (ONNX and the rest: test_export.py). Official 224x224 parity (train and deploy
 form) for every variant lives in test_parity.py."""
 import argparse
@@ -13,7 +13,7 @@ from timm.optim._param_groups import param_groups_weight_decay
 
 import mlpvision
 from mlpvision.models import wave_mlp
-from mlpvision.models.wave_mlp import PATM, WaveMLP, checkpoint_filter_fn
+from mlpvision.models.wave_mlp import WaveMLP, checkpoint_filter_fn
 
 from conftest import by_weight, is_heavy, parity_record
 from fill import fill_state_dict, make_input
@@ -75,31 +75,44 @@ def test_input_dependent_part_of_the_logits(tiny):
     _assert_close(y[0] - y[1], ref[0] - ref[1], tol=2e-3)
 
 
-# --- the channel-order rearrangement -----------------------------------------------------------------------------
+# --- how it runs ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('kernel, padding', [((1, 7), (0, 3)), ((7, 1), (3, 0))])
+def test_token_fc_is_the_official_grouped_conv(kernel, padding):
+    """A depthwise conv over the 2C wave channels and the sum of each group's two outputs: the official grouped conv
+    (C groups of two inputs), with the same gradients, channels-last (oneDNN in inference) or not."""
+    conv = nn.Conv2d(16, 8, kernel, padding=padding, groups=8, bias=False)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        z = torch.randn(2, 16, 9, 11).contiguous(memory_format=memory_format).requires_grad_()
+        y = wave_mlp._token_fc(z, conv.weight, padding)
+        ref = conv(z)
+        torch.testing.assert_close(y, ref)
+        g, g_ref = (torch.autograd.grad(t.square().sum(), [z, conv.weight]) for t in (y, ref))
+        for a, b in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(a, b)
+        with torch.inference_mode():
+            torch.testing.assert_close(wave_mlp._token_fc(z.detach(), conv.weight.detach(), padding),
+                                       conv(z.detach()), rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize('phase_mode', ['fc', 'depthwise'])
-@pytest.mark.parametrize('train', [False, True])
-def test_interleaved_waves_equal_the_official_order(phase_mode, train, monkeypatch):
-    """PATM's rearranged kernels (interleaved waves, C/2 groups of four, branches in the order 0, C/2, 1, ...) give
-    the official grouped convs' result, in eval and train mode, and the same gradients."""
-    torch.manual_seed(0)
-    mixer = PATM(8, phase_mode=phase_mode).train(train)
-    for m in mixer.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(2, 8, 9, 11, requires_grad=True)
-    y = mixer(x)
-    grads = torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])
-    monkeypatch.setattr(wave_mlp, 'dispatch_mode_active', lambda: True)  # the official order, as the profiler runs
-    y_ref = mixer(x)
-    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, *mixer.parameters()])
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    for g, g_ref in zip(grads, grads_ref, strict=True):
-        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+def test_train_and_eval_paths_against_nchw(phase_mode):
+    """The stacked and folded convs (eval), the batch-statistics path (train) and their gradients, channels-last
+    against NCHW storage (where no oneDNN path runs)."""
+    kw = dict(phase_mode=phase_mode, drop_path_rate=0., **SMALL)
+    cl = mlpvision.create_model('wave_mlp_t', **kw)
+    ref = mlpvision.create_model('wave_mlp_t', channels_last=False, **kw)
+    ref.load_state_dict(cl.state_dict())
+    x = torch.randn(2, 3, 50, 70)
+    with torch.inference_mode():
+        torch.testing.assert_close(cl.eval()(x), ref.eval()(x), rtol=1e-4, atol=1e-5)
+    for m in (cl.train(), ref.train()):
+        m(x).square().mean().backward()
+    for (name, a), b in zip(cl.named_parameters(), ref.parameters(), strict=True):
+        assert (a.grad - b.grad).norm() <= 1e-4 * b.grad.norm() + 1e-7, name
 
 
-def test_odd_width_runs_in_the_official_order():
+def test_odd_width():
     model = mlpvision.create_model('wave_mlp_t', embed_dims=(15, 17, 33, 65), depths=(1, 1, 1, 1)).eval()
     nchw = mlpvision.create_model('wave_mlp_t', embed_dims=(15, 17, 33, 65), depths=(1, 1, 1, 1),
                                   channels_last=False).eval()
@@ -107,16 +120,6 @@ def test_odd_width_runs_in_the_official_order():
     x = torch.randn(1, 3, 40, 52)
     with torch.no_grad():
         torch.testing.assert_close(model(x), nchw(x), rtol=1e-4, atol=1e-5)
-
-
-def test_polar_and_cos_sin_waves_agree():
-    amp, phase = torch.randn(2, 6, 5, 7), torch.rand(2, 6, 5, 7) * 4
-    polar = wave_mlp._waves(amp, phase, official_order=False)
-    plain = wave_mlp._waves(amp.double(), phase.double(), official_order=False).float()
-    official = wave_mlp._waves(amp, phase, official_order=True)
-    torch.testing.assert_close(polar, plain)
-    order = torch.arange(12).reshape(6, 2).t().flatten()  # interleaved channel 2m + t -> official t * C + m
-    torch.testing.assert_close(polar[:, order], official)
 
 
 def test_bf16_autocast_is_close_to_float32():

@@ -54,7 +54,7 @@ FORMATS = ('onnx', 'pt2', 'aoti')
 _SUFFIXES = {'onnx': '.onnx', 'pt2': '.pt2', 'aoti': '.pt2'}
 # family -> default ONNX exporter; 'dynamo' (torch.export based) wherever it works, which is every family now
 ONNX_EXPORTERS = {'as_mlp': 'dynamo', 'cycle_mlp': 'dynamo', 'hire_mlp': 'dynamo', 'strip_mlp': 'dynamo',
-                  'repmlp': 'dynamo', 'repmlpnet': 'dynamo', 'resmlp': 'dynamo'}
+                  'repmlp': 'dynamo', 'repmlpnet': 'dynamo', 'resmlp': 'dynamo', 'wave_mlp': 'dynamo'}
 ONNX_OPSET = 18  # the dynamo exporter's default opset in torch 2.x; the legacy exporter takes it too
 TOLERANCE = 1e-4  # max |exported - eager| / max |eager|, issue 15
 _EXAMPLE_BATCH = 2  # a dynamic batch is captured from batch 2: an example of batch 1 lets a graph specialise to it

@@ -42,7 +42,7 @@ class DenseConfig:
 
 
 _SMALLEST = ('as_mlp_tiny', 'hire_mlp_tiny', 'strip_mlp_tiny_light', 'repmlpnet_t224', 'repmlp_res50_light_224',
-             'resmlp_s12')
+             'resmlp_s12', 'wave_mlp_t_dw')
 DENSE_CONFIGS: tuple[DenseConfig, ...] = (
     DenseConfig('upernet', 'as_mlp_tiny', 150, '60M', 937, (512, 2048), _SEG_README),
     DenseConfig('upernet', 'as_mlp_small', 150, '81M', 1024, (512, 2048), _SEG_README),

@@ -23,13 +23,12 @@ PATM, the phase-aware token mixing, on the block's normed input x (B, C, H, W):
 * fusion as in Hire-MLP: ``a = mean_HW(h + w + c)``, ``Mlp(C, C/4, 3C)`` with GELU, softmax over the three branches
   per channel, ``proj(a_h h + a_w w + a_c c)``.
 
-How it runs (same values up to float rounding; ``PATM`` has the details): the five (T*: three) 1x1 convs that read x
-run as one conv with their kernels stacked; ``x cos theta`` and ``x sin theta`` come from one ``torch.polar`` pass,
-interleaved per amplitude (channel 2m + t), which the grouped convs read with their kernels rearranged into C/2 groups
-of four inputs and two outputs. Their output channels then come in the order (0, C/2, 1, C/2 + 1, ...): ``fc_c``'s
-output, the reweighting MLP and the projection's input take the same order, so no pass reorders a map. The feature
-maps are stored channels-last after the stem (``channels_last=True``) and the convs run through oneDNN in CPU
-inference (:mod:`mlpvision.layers.fast_linear`).
+How it runs (same values up to float rounding): the three 1x1 convs that read x for the amplitudes and the c branch
+run as one conv with their kernels stacked, the two 1x1 phase convs as another with their BN folded in and the ReLU
+fused (eval mode); each grouped token-mixing conv runs as a depthwise conv over the 2C wave channels followed by the
+sum of each group's two outputs (the same multiply-adds; oneDNN's depthwise kernel is several times faster than its
+grouped one with two channels a group). The feature maps are stored channels-last after the stem
+(``channels_last=True``) and the convs run through oneDNN in CPU inference (:mod:`mlpvision.layers.fast_linear`).
 
 Deviations from the official code:
 
@@ -56,12 +55,10 @@ the token mixer :class:`PATM` (the paper's and the code's name).
 timm's model contract (tests/test_models.py): ``device=`` / ``dtype=``, ``forward_intermediates``, ``features_only``,
 ``torch.fx`` (the blocks and conv-norm layers are FX leaves, since they dispatch on the map's memory layout).
 TorchScript does not apply: the blocks hand their modules to the oneDNN dispatch functions of
-:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument. While a graph is captured
-for export (:func:`mlpvision.layers.fast_linear.tracing`) the waves are built with ``cos`` / ``sin`` instead of the
-complex ``torch.polar``, which export formats do not take.
+:mod:`mlpvision.layers.fast_linear`, and TorchScript cannot pass a module as an argument.
 
 MACs: ``mlpvision.profile`` counts convs and linears: Wave-MLP-T at 224 2.462 G, the official module counted the same
-way 2.462 G (README: 2.4 G; the counter runs the official channel order, without the rearranged kernels' zeros).
+way 2.462 G (README: 2.4 G).
 """
 import re
 from collections.abc import Sequence
@@ -74,7 +71,7 @@ from timm.layers import DropPath, GroupNorm1, register_notrace_module, trunc_nor
 
 from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
 from ..layers import ConvBN, Mlp, PointwiseConv, autocast_input, derived_weights, mean_hw, pointwise_conv
-from ..layers.fast_linear import conv2d, conv_act, dispatch_mode_active, tracing
+from ..layers.fast_linear import conv2d, conv_act
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
@@ -142,43 +139,19 @@ class ConvNorm(nn.Module):
         self.norm = nn.Identity()
 
 
-def _waves(amp: torch.Tensor, phase: torch.Tensor, official_order: bool) -> torch.Tensor:
-    """``amp e^{i phase}`` as real channels, (B, C, H, W) twice -> (B, 2C, H, W).
-
-    ``official_order``: ``cat(amp cos, amp sin)`` (channel t * C + m); else interleaved per amplitude (channel
-    2m + t), one ``torch.polar`` pass where it applies: float32 / float64, no graph being captured, and no autograd
-    (polar's backward takes the amplitude as a modulus, whose sign it drops; the amplitudes here are signed).
-    """
-    if official_order:
-        return torch.cat([amp * torch.cos(phase), amp * torch.sin(phase)], 1)  # B, 2C, H, W
-    if (tracing() or amp.dtype not in (torch.float32, torch.float64)
-            or torch.is_grad_enabled() and (amp.requires_grad or phase.requires_grad)):
-        return torch.stack([amp * torch.cos(phase), amp * torch.sin(phase)], 2).flatten(1, 2)  # B, 2C, H, W
-    # B, C, H, W complex -> B, C, H, W, 2 -> B, C, 2, H, W -> B, 2C, H, W (a view of a channels-last input's output)
-    return torch.view_as_real(torch.polar(amp, phase)).permute(0, 1, 4, 2, 3).flatten(1, 2)
-
-
-def _paired_kernel(weight: torch.Tensor) -> torch.Tensor:
-    """The official grouped kernel (C, 2, kh, kw) (group g: channels 2g, 2g+1 of ``cat(cos part, sin part)``) for
-    the interleaved waves (channel 2m + t): C/2 groups of four inputs (amplitudes 2g', 2g'+1, cos and sin each) and two
-    outputs, official channels g' and g' + C/2, at 2g' and 2g' + 1."""
-    c = weight.shape[0]
-    first, second = weight[:c // 2], weight[c // 2:]  # outputs on the cos parts, on the sin parts
-    zero = torch.zeros_like(first[:, 0])
-    # inputs of group g': (cos 2g', sin 2g', cos 2g'+1, sin 2g'+1)
-    cos_out = torch.stack([first[:, 0], zero, first[:, 1], zero], 1)  # C/2, 4, kh, kw
-    sin_out = torch.stack([zero, second[:, 0], zero, second[:, 1]], 1)  # C/2, 4, kh, kw
-    return torch.stack([cos_out, sin_out], 1).flatten(0, 1)  # C, 4, kh, kw
+def _token_fc(z: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+    """The official grouped token-mixing conv (C groups of two input channels, kernel ``weight`` (C, 2, kh, kw)) on
+    the waves z (B, 2C, H, W), as a depthwise conv over the 2C channels and the sum of each group's two outputs:
+    the same multiply-adds, which oneDNN runs several times faster as a depthwise conv than as a grouped one."""
+    c2 = z.shape[1]
+    y = conv2d(z, weight.reshape(c2, 1, *weight.shape[2:]), padding=padding, groups=c2)  # B, 2C, H, W
+    return y[:, 0::2] + y[:, 1::2]  # B, C, H, W: group g's outputs 2g and 2g + 1
 
 
 class PATM(nn.Module):
     """Phase-aware token mixing (official ``PATM``): h, w and c branches fused by split attention, then a 1x1
     projection. Input and output (B, C, H, W); ``forward(x, shortcut)`` adds a pre-norm block's shortcut inside the
     projection.
-
-    With an even C (every released width) the maps between the grouped convs and the projection hold their channels
-    in the order (0, C/2, 1, C/2 + 1, ...) and the kernels that touch them are rearranged to match (see the module
-    docstring); with an odd C, and while ``mlpvision.profile`` counts MACs, the official order is kept.
     """
 
     def __init__(self, dim: int, phase_mode: str = 'fc', qkv_bias: bool = False, proj_drop: float = 0.,
@@ -194,7 +167,6 @@ class PATM(nn.Module):
         super().__init__()
         if phase_mode not in _PHASE_MODES:
             raise ValueError(f'phase_mode must be one of {_PHASE_MODES}, got {phase_mode!r}.')
-        self.dim = dim
         self.phase_mode = phase_mode
         bias = qkv_bias or fold_norm
         self.fc_h = PointwiseConv(dim, dim, bias=bias)
@@ -212,75 +184,56 @@ class PATM(nn.Module):
         self.proj = PointwiseConv(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _phase_folded(self) -> bool:
+    def _phase_bn_training(self) -> bool:
         bn = self.theta_h.bn
-        return not isinstance(bn, nn.BatchNorm2d) or not bn.training
+        return isinstance(bn, nn.BatchNorm2d) and bn.training
 
-    def _weights(self, official_order: bool) -> tuple[torch.Tensor | None, ...]:
-        if official_order or not self._phase_folded():
-            return self._derive(official_order, self._phase_folded())
-        # the inference path: kept between calls until a parameter or a phase BN statistic changes
-        return derived_weights(self, (*self.parameters(), *self.buffers()), self._inference_weights)
+    def _amplitude_weights(self, *params) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """fc_h, fc_w and fc_c stacked into one 1x1 kernel (3C, C, 1, 1) and bias (or None)."""
+        convs = (self.fc_h, self.fc_w, self.fc_c)
+        weight = torch.cat([m.weight for m in convs])
+        if all(m.bias is None for m in convs):
+            return weight, None
+        return weight, torch.cat([m.bias if m.bias is not None else weight.new_zeros(m.out_channels) for m in convs])
 
-    def _inference_weights(self, *_) -> tuple[torch.Tensor | None, ...]:
-        return self._derive(False, True)
+    def _phase_weights(self, *params) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 1x1 phase convs stacked (2C, C, 1, 1), their BatchNorm folded in (eval mode)."""
+        (w_h, b_h), (w_w, b_w) = self.theta_h.fused_kernel_bias(), self.theta_w.fused_kernel_bias()
+        return torch.cat([w_h, w_w]), torch.cat([b_h, b_w])
 
-    def _derive(self, official_order: bool, phase_folded: bool) -> tuple[torch.Tensor | None, ...]:
-        """The kernels as the forward applies them: the 1x1 convs reading x stacked (fc_h, fc_w, fc_c and, in 'fc'
-        mode, the phase convs, their BN folded when ``phase_folded``), the grouped kernels, the reweighting MLP and
-        the projection, in the branch channel order (see the class docstring)."""
-        c = self.dim
-        perm = None if official_order else torch.arange(c, device=self.proj.weight.device).reshape(2, c // 2).t(
-        ).flatten()  # position 2g' + t holds official channel g' + t * C/2
-        w_c, b_c = self.fc_c.weight, self.fc_c.bias
-        if perm is not None:
-            w_c, b_c = w_c[perm], None if b_c is None else b_c[perm]
-        weights, biases = [self.fc_h.weight, self.fc_w.weight, w_c], [self.fc_h.bias, self.fc_w.bias, b_c]
-        if self.phase_mode == 'fc':
-            for theta in (self.theta_h, self.theta_w):
-                w, b = theta.fused_kernel_bias() if phase_folded else (theta.conv.weight, theta.conv.bias)
-                weights.append(w)
-                biases.append(b)
-        w_in = torch.cat(weights)  # 3C or 5C, C, 1, 1
-        b_in = None if all(b is None for b in biases) else torch.cat(
-            [b if b is not None else w_in.new_zeros(c) for b in biases])
-        w1, b1 = self.reweight.fc1.weight.flatten(1), self.reweight.fc1.bias  # C/4, C
-        w2, b2 = self.reweight.fc2.weight.flatten(1), self.reweight.fc2.bias  # 3C, C/4 (row c * 3 + k)
-        wp, bp = self.proj.weight, self.proj.bias
-        if perm is None:
-            return w_in, b_in, self.tfc_h.weight, self.tfc_w.weight, w1, b1, w2, b2, wp, bp
-        w2 = w2.reshape(c, 3, -1)[perm].flatten(0, 1)
-        b2 = b2.reshape(c, 3)[perm].flatten()
-        return (w_in, b_in, _paired_kernel(self.tfc_h.weight), _paired_kernel(self.tfc_w.weight), w1[:, perm], b1,
-                w2, b2, wp[:, perm], bp)
+    def _phases(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = x.shape[1]
+        if self.phase_mode != 'fc':
+            return self.theta_h(x), self.theta_w(x)
+        if self._phase_bn_training():  # the BNs' batch statistics: conv, then BN, then ReLU
+            conv = torch.cat([self.theta_h.conv.weight, self.theta_w.conv.weight])
+            y = pointwise_conv(x, conv, torch.cat([self.theta_h.conv.bias, self.theta_w.conv.bias]))  # B, 2C, H, W
+            return F.relu(self.theta_h.bn(y[:, :c])), F.relu(self.theta_w.bn(y[:, c:]))
+        params = (*self.theta_h.parameters(), *self.theta_h.buffers(), *self.theta_w.parameters(),
+                  *self.theta_w.buffers())
+        y = pointwise_conv(x, *derived_weights(self, params, self._phase_weights), act=self.theta_h.act)  # B, 2C
+        return y[:, :c], y[:, c:]
 
     def forward(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
         b, c = x.shape[:2]
-        # the profiler counts the official structure (the rearranged kernels' zeros are no MACs of the model)
-        official_order = c % 2 == 1 or dispatch_mode_active()
-        w_in, b_in, k_h, k_w, w1, b1, w2, b2, wp, bp = self._weights(official_order)
         x = autocast_input(x)  # every branch starts with a conv: cast once (under autocast)
-        y = pointwise_conv(x, w_in, b_in)  # B, 3C or 5C, H, W
-        amp_h, amp_w, mix_c = y[:, :c], y[:, c:2 * c], y[:, 2 * c:3 * c]
-        if self.phase_mode == 'fc':
-            theta_h, theta_w = y[:, 3 * c:4 * c], y[:, 4 * c:]
-            if not self._phase_folded():  # training: the BNs' batch statistics
-                theta_h, theta_w = self.theta_h.bn(theta_h), self.theta_w.bn(theta_w)
-            theta_h, theta_w = F.relu(theta_h), F.relu(theta_w)
-        else:
-            theta_h, theta_w = self.theta_h(x), self.theta_w(x)
-        groups = c if official_order else c // 2
-        h = conv2d(_waves(amp_h, theta_h, official_order), k_h, padding=(0, 3), groups=groups)  # B, C, H, W
-        w = conv2d(_waves(amp_w, theta_w, official_order), k_w, padding=(3, 0), groups=groups)  # B, C, H, W
-        a = mean_hw(h) + mean_hw(w) + mean_hw(mix_c)  # B, C: the mean of the sum
-        a = F.linear(self.reweight.act(F.linear(a, w1, b1)), w2, b2)  # B, 3C: channel c * 3 + k, branch k
+        params = tuple(p for m in (self.fc_h, self.fc_w, self.fc_c) for p in m.parameters())
+        y = pointwise_conv(x, *derived_weights(self, params, self._amplitude_weights))  # B, 3C, H, W
+        amp_h, amp_w, mix_c = y[:, :c], y[:, c:2 * c], y[:, 2 * c:]
+        theta_h, theta_w = self._phases(x)
+        # the waves' real and imaginary parts, official order: channel t * C + m (B, 2C, H, W)
+        h = _token_fc(torch.cat([amp_h * torch.cos(theta_h), amp_h * torch.sin(theta_h)], 1), self.tfc_h.weight,
+                      (0, 3))  # B, C, H, W: along W (official name)
+        w = _token_fc(torch.cat([amp_w * torch.cos(theta_w), amp_w * torch.sin(theta_w)], 1), self.tfc_w.weight,
+                      (3, 0))  # B, C, H, W: along H
+        a = self.reweight(mean_hw(h) + mean_hw(w) + mean_hw(mix_c))  # B, 3C: channel c * 3 + k, branch k of c
         # softmax over the branches; each branch's weights contiguous for the vectorised products below
         a = a.reshape(b, c, 3).softmax(2).to(h.dtype).permute(2, 0, 1).reshape(3, b, c, 1, 1).contiguous()
         x = torch.addcmul(torch.addcmul(h * a[0], w, a[1]), mix_c, a[2])  # B, C, H, W
         if self.proj_drop.p > 0 and self.training:
-            x = self.proj_drop(pointwise_conv(x, wp, bp))
+            x = self.proj_drop(self.proj(x))
             return x if shortcut is None else shortcut + x
-        return pointwise_conv(x, wp, bp, residual=shortcut)
+        return self.proj(x, shortcut=shortcut)
 
 
 @register_notrace_module  # an FX leaf: its convs dispatch on the map's layout (oneDNN fast path), see WaveMLP
