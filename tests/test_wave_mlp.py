@@ -95,6 +95,23 @@ def test_token_fc_is_the_official_grouped_conv(kernel, padding):
                                        conv(z.detach()), rtol=1e-5, atol=1e-6)
 
 
+def test_waves_are_the_official_concatenation():
+    """``amp cos(phase - t pi/2)`` in one buffer: the official ``cat(amp cos, amp sin)`` (channels-last storage), in
+    place in inference and out of place under autograd, with the official gradients."""
+    y = torch.randn(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    amp, phase = y[:, :8], y[:, 16:].relu() * 3  # strided slices, as the stacked convs' outputs
+    ref = torch.cat([amp * torch.cos(phase), amp * torch.sin(phase)], 1)
+    with torch.inference_mode():
+        z = wave_mlp._waves(amp, phase)
+    assert z.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-6)
+    a, p = amp.clone().requires_grad_(), phase.clone().requires_grad_()
+    grads = torch.autograd.grad(wave_mlp._waves(a, p).square().sum(), [a, p])
+    grads_ref = torch.autograd.grad(torch.cat([a * torch.cos(p), a * torch.sin(p)], 1).square().sum(), [a, p])
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('phase_mode', ['fc', 'depthwise'])
 def test_train_and_eval_paths_against_nchw(phase_mode):
     """The stacked and folded convs (eval), the batch-statistics path (train) and their gradients, channels-last

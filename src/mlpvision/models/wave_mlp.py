@@ -25,7 +25,8 @@ PATM, the phase-aware token mixing, on the block's normed input x (B, C, H, W):
 
 How it runs (same values up to float rounding): the three 1x1 convs that read x for the amplitudes and the c branch
 run as one conv with their kernels stacked, the two 1x1 phase convs as another with their BN folded in and the ReLU
-fused (eval mode); each grouped token-mixing conv runs as a depthwise conv over the 2C wave channels followed by the
+fused (eval mode); the waves are ``amp cos(phase - t pi/2)`` written into one buffer in three passes (:func:`_waves`);
+each grouped token-mixing conv runs as a depthwise conv over the 2C wave channels followed by the
 sum of each group's two outputs (the same multiply-adds; oneDNN's depthwise kernel is several times faster than its
 grouped one with two channels a group). The feature maps are stored channels-last after the stem
 (``channels_last=True``) and the convs run through oneDNN in CPU inference (:mod:`mlpvision.layers.fast_linear`).
@@ -71,7 +72,7 @@ from timm.layers import DropPath, GroupNorm1, register_notrace_module, trunc_nor
 
 from .._checkpoint import register_checkpoint_filter, unwrap_state_dict
 from ..layers import ConvBN, Mlp, PointwiseConv, autocast_input, derived_weights, mean_hw, pointwise_conv
-from ..layers.fast_linear import conv2d, conv_act
+from ..layers.fast_linear import conv2d, conv_act, tracing
 from ..layers.fusion import bn_scale_shift, fold_affine_into_next_linear, fuse_conv_bn
 from ._base import PyramidNet, SequentialStage, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
@@ -137,6 +138,23 @@ class ConvNorm(nn.Module):
         self.conv.weight.copy_(weight)
         self.conv.bias.copy_(bias)
         self.norm = nn.Identity()
+
+
+def _waves(amp: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``cat(amp cos(phase), amp sin(phase))`` (B, 2C, H, W; channel t * C + m, the official order) from two
+    (B, C, H, W) maps, written as ``amp cos(phase - t pi/2)`` into one (B, H, W, 2, C) buffer: three passes (in place
+    where no autograd needs the intermediates) instead of two cosines, two products and a concatenation; returned
+    channels-last. Out of place while a graph is captured for export."""
+    b, c, h, w = amp.shape
+    quarter = torch.tensor([[0.], [torch.pi / 2]], dtype=phase.dtype, device=phase.device)  # 2, 1: cos, then sin
+    phase = phase.permute(0, 2, 3, 1).unsqueeze(3)  # B, H, W, 1, C
+    amp = amp.permute(0, 2, 3, 1).unsqueeze(3)  # B, H, W, 1, C
+    if tracing() or torch.is_grad_enabled() and (phase.requires_grad or amp.requires_grad):
+        z = torch.cos(phase - quarter) * amp  # B, H, W, 2, C
+    else:
+        z = torch.sub(phase, quarter, out=phase.new_empty(b, h, w, 2, c)).cos_()
+        z = z.mul_(amp) if z.dtype == amp.dtype else z * amp
+    return z.flatten(3).permute(0, 3, 1, 2)  # B, 2C, H, W (channels-last storage)
 
 
 def _token_fc(z: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -221,11 +239,8 @@ class PATM(nn.Module):
         y = pointwise_conv(x, *derived_weights(self, params, self._amplitude_weights))  # B, 3C, H, W
         amp_h, amp_w, mix_c = y[:, :c], y[:, c:2 * c], y[:, 2 * c:]
         theta_h, theta_w = self._phases(x)
-        # the waves' real and imaginary parts, official order: channel t * C + m (B, 2C, H, W)
-        h = _token_fc(torch.cat([amp_h * torch.cos(theta_h), amp_h * torch.sin(theta_h)], 1), self.tfc_h.weight,
-                      (0, 3))  # B, C, H, W: along W (official name)
-        w = _token_fc(torch.cat([amp_w * torch.cos(theta_w), amp_w * torch.sin(theta_w)], 1), self.tfc_w.weight,
-                      (3, 0))  # B, C, H, W: along H
+        h = _token_fc(_waves(amp_h, theta_h), self.tfc_h.weight, (0, 3))  # B, C, H, W: along W (official name)
+        w = _token_fc(_waves(amp_w, theta_w), self.tfc_w.weight, (3, 0))  # B, C, H, W: along H
         a = self.reweight(mean_hw(h) + mean_hw(w) + mean_hw(mix_c))  # B, 3C: channel c * 3 + k, branch k of c
         # softmax over the branches; each branch's weights contiguous for the vectorised products below
         a = a.reshape(b, c, 3).softmax(2).to(h.dtype).permute(2, 0, 1).reshape(3, b, c, 1, 1).contiguous()
