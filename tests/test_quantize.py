@@ -206,6 +206,7 @@ def test_cli_quantize_errors(capsys, tmp_path):
     ('as_mlp_tiny', dict(embed_dim=32, depths=(1, 1, 1, 1), num_classes=10)),
     ('hire_mlp_tiny', dict(num_classes=10)),
     ('repmlp_cifar_pure', dict()),
+    ('wave_mlp_t_dw', dict(embed_dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), num_classes=10)),
 ])
 def test_other_supported_families_quantize(name, kwargs):
     model = mlpvision.create_model(name, **kwargs).eval()

@@ -242,8 +242,10 @@ class PATM(nn.Module):
         h = _token_fc(_waves(amp_h, theta_h), self.tfc_h.weight, (0, 3))  # B, C, H, W: along W (official name)
         w = _token_fc(_waves(amp_w, theta_w), self.tfc_w.weight, (3, 0))  # B, C, H, W: along H
         a = self.reweight(mean_hw(h) + mean_hw(w) + mean_hw(mix_c))  # B, 3C: channel c * 3 + k, branch k of c
-        # softmax over the branches; each branch's weights contiguous for the vectorised products below
-        a = a.reshape(b, c, 3).softmax(2).to(h.dtype).permute(2, 0, 1).reshape(3, b, c, 1, 1).contiguous()
+        # softmax over the branches; each branch's weights contiguous for the vectorised products below, in the
+        # branches' dtype under autocast (a cast only where they differ: none in a graph captured in float32)
+        a = a.reshape(b, c, 3).softmax(2)
+        a = (a if a.dtype == h.dtype else a.to(h.dtype)).permute(2, 0, 1).reshape(3, b, c, 1, 1).contiguous()
         x = torch.addcmul(torch.addcmul(h * a[0], w, a[1]), mix_c, a[2])  # B, C, H, W
         if self.proj_drop.p > 0 and self.training:
             x = self.proj_drop(self.proj(x))
