@@ -175,10 +175,10 @@ def test_registered_filter_is_used_and_only_for_its_class():
 
 
 def test_every_family_registers_its_filter():
-    from mlpvision.models import as_mlp, hire_mlp, repmlp, repmlpnet, resmlp, strip_mlp
+    from mlpvision.models import as_mlp, cycle_mlp, hire_mlp, repmlp, repmlpnet, resmlp, strip_mlp, wave_mlp
     expected = {as_mlp.ASMLP: as_mlp, hire_mlp.HireMLPNet: hire_mlp, repmlp.RepMLPResNet: repmlp,
                 repmlp.RepMLPCifarNet: repmlp, repmlpnet.RepMLPNet: repmlpnet, resmlp.ResMLP: resmlp,
-                strip_mlp.StripMLP: strip_mlp}
+                strip_mlp.StripMLP: strip_mlp, cycle_mlp.CycleMLP: cycle_mlp, wave_mlp.WaveMLP: wave_mlp}
     for name in mlpvision.list_models():
         with torch.device('meta'):
             model = mlpvision.create_model(name)
