@@ -259,3 +259,19 @@ def test_timm_hub_file_downloads_into_ours(server, cache):
     ref = theirs(x)
     assert (ours.eval()(x) - ref).abs().max() <= 1e-5 * ref.abs().max()
     assert _cached(cache) == ['model.safetensors']
+
+
+@pytest.mark.parametrize('tag, wrap', [('wave_mlp_t_dw.in1k', 'state_dict'), ('cycle_mlp_b1.in1k', 'model')])
+def test_new_families_download_through_pretrained_true(server, cache, tag, wrap, monkeypatch):
+    """Wave-MLP and CycleMLP releases (issue 29): the registered tag, its URL pointed at the local server, serving an
+    official-format checkpoint made from the parity fixture (wrapped as their training scripts save it); the
+    download is cached and reproduces the official logits."""
+    import dataclasses
+    name = tag.split('.')[0]
+    filename = _registry._WEIGHTS[tag].page.rsplit("/", 1)[-1]
+    server.files[filename] = _pth({wrap: fill_state_dict(parity_record(name)['schema'])})
+    url = f'{server.url}/ok/{filename}'
+    monkeypatch.setitem(_model_pretrained_cfgs, tag, dataclasses.replace(_model_pretrained_cfgs[tag], url=url))
+    monkeypatch.setitem(_registry._WEIGHTS, tag, dataclasses.replace(_registry._WEIGHTS[tag], page=url))
+    _assert_official(mlpvision.create_model(tag, pretrained=True), name)
+    assert _cached(cache) == [filename]
