@@ -122,7 +122,7 @@ def convert(
 
     loaded = open_weights(src, model=model, model_kwargs=dict(model_kwargs or {}))
     require_task(loaded, 'classification', 'convert')
-    net, name, args = loaded.model, loaded.name, dict(loaded.kwargs)
+    net, args = loaded.model, dict(loaded.kwargs)
     labels, data = None, None
     if loaded.kind == 'folder':
         saved = (getattr(net, 'pretrained_cfg', None) or {}).get('label_names')
@@ -130,8 +130,6 @@ def convert(
     elif loaded.meta is not None:  # a training run's weights: the cfg's release (tag, URL, its top-1) is not them
         labels, data = loaded.classes, loaded.data_cfg.to_dict()
         net.pretrained_cfg = _without_release(net.pretrained_cfg, Path(src))
-    if model is not None and model.split('.', 1)[0] != name:
-        raise UsageError(f'{str(src)!r} holds a {name}, not a {model}; leave --model out for mlpvision checkpoints.')
     args.pop('deploy', None)
     if deploy and not is_reparameterized(net):
         net = reparameterize(net)

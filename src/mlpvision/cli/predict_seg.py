@@ -53,19 +53,16 @@ def output_names(files: list[Path], out: Path, suffixes: tuple[str, ...], overwr
     one of the inputs, or an output that exists (without ``overwrite``)."""
     from mlpvision.errors import UsageError
 
+    from ._common import check_writable
+
     seen: dict[str, Path] = {}
-    inputs = {f.resolve() for f in files}
     for f in files:
         if f.stem in seen:
             raise UsageError(f'{str(seen[f.stem])!r} and {str(f)!r} would write the same {f.stem}{suffixes[0]}; give '
                              f'them in separate runs with different --output folders (or rename one)')
         seen[f.stem] = f
         for suffix in suffixes:
-            target = out / f'{f.stem}{suffix}'
-            if target.resolve() in inputs:
-                raise UsageError(f'{str(target)!r} is an input image; choose another --output folder')
-            if target.exists() and not overwrite:
-                raise UsageError(f'{str(target)!r} exists; pass --overwrite to replace it, or choose another --output')
+            check_writable(out / f'{f.stem}{suffix}', overwrite, files)
 
 
 def run(args: argparse.Namespace, loaded=None) -> int:

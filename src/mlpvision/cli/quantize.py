@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """(model, name, kwargs, data config, classes, what was loaded), from WEIGHTS."""
+    """(model, name, kwargs, data config, classes, what was loaded, whether the classes are names to match a
+    --val-dir's folders), from WEIGHTS."""
     from mlpvision.engine.loading import require_task
 
     lm = open_weights_from_args(args)
@@ -59,8 +60,7 @@ def _load(args: argparse.Namespace):
     # (a name's or an official file's are indices or ImageNet descriptions, not folder names)
     named = bool((lm.meta or {}).get('classes')) or (
         lm.kind == 'folder' and bool((getattr(lm.model, 'pretrained_cfg', None) or {}).get('label_names')))
-    args.named_classes = named
-    return lm.model, lm.name, kwargs, lm.data_cfg, lm.classes, f'{lm.source} ({what}, {lm.form} form)'
+    return lm.model, lm.name, kwargs, lm.data_cfg, lm.classes, f'{lm.source} ({what}, {lm.form} form)', named
 
 
 def _val_data(val_dir: str, classes: list[str], named: bool, relabel: bool):
@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.endswith('.safetensors'):
         raise UsageError(f'--output must name a .safetensors file; got {args.output!r}')
     check_writable(args.output, args.overwrite, [args.weights])
-    model, name, kwargs, dc, classes, what = _load(args)
-    val = _val_data(args.val_dir, classes, args.named_classes, args.relabel) if args.val_dir else None
+    model, name, kwargs, dc, classes, what, named = _load(args)
+    val = _val_data(args.val_dir, classes, named, args.relabel) if args.val_dir else None
     print(f'model: {name} from {what}; input {"x".join(map(str, dc.input_size))}')
     t = time.perf_counter()
     calib = calibration_batches(args.calib_dir, dc, args.calib_images, args.batch_size)

@@ -233,10 +233,11 @@ def _plain(v: Any) -> Any:
 
 def check_model_name(name: str) -> None:
     """Raise :class:`UsageError` unless ``name`` is a registered mlpvision model (with the closest names)."""
-    from ..models import is_model, list_models
+    from ..models import is_model
+    from ..models._registry import close_model_names
 
     if not is_model(name):
-        close = difflib.get_close_matches(name, list_models(), n=5, cutoff=0.5)
+        close = close_model_names(name)
         hint = f'; closest: {", ".join(close)}' if close else ''
         raise UsageError(f'unknown model {name!r}{hint} (`mlpvision models --names-only` lists them)')
 

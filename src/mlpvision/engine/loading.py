@@ -100,11 +100,8 @@ def weights_kind(weights: str | os.PathLike) -> str:
     looks_like_file = os.sep in text or p.suffix in ('.pth', '.pt', '.safetensors', '.bin', '.ckpt', '.tar')
     if looks_like_file:
         raise UsageError(f'checkpoint {text!r} does not exist (or is not a file)')
-    import difflib
-
-    from ..models import list_models
-    names = list_models()
-    close = difflib.get_close_matches(text.split('.', 1)[0], names, n=5, cutoff=0.5)
+    from ..models._registry import close_model_names
+    close = close_model_names(text.split('.', 1)[0])
     hint = f'; closest: {", ".join(close)}' if close else ''
     raise UsageError(f'{text!r} is neither a file, a folder nor a model name{hint} ({WEIGHTS_HELP})')
 

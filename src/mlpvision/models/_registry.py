@@ -81,8 +81,13 @@ def model_family(name: str) -> str:
     return _MODEL_NAMES[name.split('.', 1)[0]]
 
 
+def close_model_names(name: str, n: int = 5) -> list[str]:
+    """The registered names closest to ``name`` (difflib, cutoff 0.5): what an unknown-name error suggests."""
+    return difflib.get_close_matches(name, list(_MODEL_NAMES), n=n, cutoff=0.5)
+
+
 def _unknown_model_error(name: str) -> UsageError:
-    close = difflib.get_close_matches(name, list(_MODEL_NAMES), n=5, cutoff=0.5)
+    close = close_model_names(name)
     hint = f' Closest: {", ".join(close)}.' if close else ''
     return UsageError(
         f'Unknown mlpvision model {name!r}.{hint} '
