@@ -58,12 +58,13 @@ def test_recipes_present_and_valid():
     # RepMLP's CIFAR-10 setting (arXiv:2105.01883 §4.1) and its CPU-budget variant, which differs only in the data
     # source and the epochs
     full, short = (make_config(load_recipe(n)) for n in ('repmlp_cifar10', 'repmlp_cifar10_short'))
-    assert (full.model, full.batch_size, full.train_crop, full.hflip, full.sched, full.epochs) == (
-        'repmlp_cifar_pure', 128, 'pad', 0.5, 'cosine', 100)
+    assert (full.model, full.batch_size, full.train_crop, full.hflip, full.sched, full.lr, full.epochs) == (
+        'repmlp_cifar_pure', 128, 'pad', 0.5, 'cosine', 0.2, 100)
     assert short.data_in_memory and short.color_jitter == 0 and 15 <= short.epochs <= 30
     assert (short.dataset, short.train_split, short.val_split) == ('imagefolder', 'train', 'test')
     differ = {k for k, v in full.to_dict().items() if short.to_dict()[k] != v}
-    assert differ == {'dataset', 'val_split', 'data_in_memory', 'epochs', 'recipe'}  # train_split: the default
+    # train_split: the default; lr: the short one keeps the 0.1 its documented probes ran with
+    assert differ == {'dataset', 'val_split', 'data_in_memory', 'epochs', 'lr', 'recipe'} and short.lr == 0.1
     # issue 13's other CIFAR-10 recipes see the same data and augmentation as the RepMLP one; the teacher is timm's
     teacher, student, strip = (make_config(load_recipe(n)) for n in (
         'convnet_cifar10_teacher', 'resmlp_cifar10_distill', 'stripmlp_cifar10_short'))

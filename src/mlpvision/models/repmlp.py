@@ -28,18 +28,33 @@ Bottleneck model with g = 8 (the paper's 78.55% model); the paper's Light Block 
 g4/8 models (h = w = 10, K = 1, 3, 5, 7) need groups per stage, which ``fc3_groups`` accepts here (the official
 constructor takes one value for both stages).
 
-The pure-MLP CIFAR-10 model (paper §4.1, Fig. 3; not in the official code) is built from the paper's description:
-stem FC(3 -> 16), then three stages at 32, 16, 8 pixels with C = 16, 32, 64, each ``[RepMLP, FC, RepMLP, FC]``
-(RepMLPs with g = 2, h = w = 8), where the last FC of a stage widens to the next stage's channels (Fig. 3: "FC(32,16)
-... projects 16 channels into 32 channels"; C "is the number of output channels (except the last layer)"); 2x2 max
-pooling between stages; a BN after every FC and a ReLU after every RepMLP or FC+BN; global average pool and a linear
-classifier. Fig. 3 itself (the exact layer list) could not be retrieved; this reading is the one whose deploy-form MACs
-equal the paper's 52.8M (52,805,272) and whose ConvNet counterpart (RepMLP -> 3x3 conv, channels 32/64/128) gives the
-paper's 65.1M for the Wide ConvNet (its 0.50M parameters are not reproduced: that reading gives 0.44M). Unstated and
-chosen here: Local Perceptron K = 1, 3, 5, 7 (the paper's Fig. 1 setting for h, w > 7), fc1/fc2 reduction 1 (the
-official default), CIFAR-10 mean/std normalisation. Ablation switches (paper §4.1): ``local_kernels=()`` ("w/o
-Local"), ``global_perceptron=False`` ("w/o Global"), ``fc3_kernel=9`` ("FC3 as conv9": fc3 becomes a 9x9 conv, p = 4,
-with the same groups, applied to each partition, followed by BN(O); the Local Perceptron folds into it at deploy).
+The pure-MLP CIFAR-10 model (not in the official code), checked against the paper's §4.1 ("Pure MLP and Ablation
+Studies") and the caption of its Fig. 3, read in the arXiv v1 text:
+
+* §4.1: "We interleave RepMLP and regular FC (1 x 1 conv) to construct three stages and downsample by max pooling,
+  as shown in Fig. 3 [...] the channels of the three stages are 16,32,64 for the pure MLP and 32,64,128 for the
+  ConvNet"; "the pure MLP model reaches 91.11% accuracy with only 52.8M FLOPs" (Table 1, which also has the Wide
+  ConvNet at 91.99%, 65.1M FLOPs, 0.50M parameters).
+* Fig. 3's caption: "C = 16 is the number of output channels (except the last layer) [...] FC(32,16) [...] projects
+  16 channels into 32 channels; all the RepMLPs are configured with g = 2, h = w = 8 [...] A BN follows every conv
+  and a ReLU follows every RepMLP or conv-BN sequence."
+
+Built here, in agreement with each of those statements: a stem FC(3 -> 16) + BN + ReLU; three stages at 32, 16 and
+8 pixels with C = 16, 32, 64, each ``[RepMLP, FC, RepMLP, FC]`` (a ReLU after each RepMLP, BN + ReLU after each
+FC), the last FC of a stage widening to the next stage's C; 2x2 max pooling before stages 2 and 3; global average
+pool and a linear classifier. What the text does not say, because it is drawn only in Fig. 3 (not read: the figure
+is an image), is the stem, the number of RepMLP-FC pairs per stage and the head; these are the reading whose
+deploy-form MACs are 52,806,272 (the paper's 52.8M) and whose ConvNet counterpart (RepMLP -> 3x3 conv, channels
+32/64/128) has the paper's 65.1M (its 0.50M parameters come out 0.44M here). Unstated and chosen: Local Perceptron
+K = 1, 3, 5, 7 (Fig. 1's caption: "We assume h, w > 7 so that the Local Perceptron has conv branches of kernel size
+1, 3, 5, 7"; here h = w = 8), fc1/fc2 reduction 1 (the official default), CIFAR-10 mean/std normalisation. Stage 3
+is one 8x8 partition, so it has no Global Perceptron. Ablations (§4.1 B-D): ``local_kernels=()`` ("w/o Local": "no
+Local Perceptron"), ``global_perceptron=False`` ("w/o Global" "removes FC1 and FC2 and directly feed[s] the
+partition map into Local Perceptron and Partition Perceptron"; the pool's BN, which feeds only FC1, goes with them),
+``fc3_kernel=9`` ("FC3 as conv9" "replaces FC3 with a conv (K = 9 and p = 4 [...]) followed by BN": here with fc3's
+groups, on each partition; the Local Perceptron folds into it at deploy). §4.1's E, "RepMLP as conv9", is not
+built. The training setting of §4.1 (pad to 40x40, random crop, flip, batch 128, "cosine learning rate annealing
+from 0.2 to 0 in 100 epochs") is ``recipes/repmlp_cifar10.yaml``.
 
 Deviations from the official code:
 
@@ -609,9 +624,9 @@ default_cfgs = generate_cfgs({
         first_conv='stem.conv', classifier='head.fc', license='mit', meta=ModelMeta(
             paper=f'{_PAPER} §4.1, Fig. 3, Table 1', official=_OFFICIAL + ':repmlp.py (the RepMLP block only)',
             params=None, gmacs=None, gmacs_paper=0.0528, top1_paper=91.11,
-            notes='not in the official code; built from the paper text (Fig. 3 caption, §4.1), the reading whose '
-                  'deploy-form MACs equal the paper\'s 52.8M; the paper gives no parameter count for it (the Table 1 '
-                  'rows for the pure MLP could not be retrieved)')),
+            notes='not in the official code; built from the paper text (§4.1 and Fig. 3\'s caption), the reading '
+                  'whose deploy-form MACs equal the paper\'s 52.8M; the text gives no parameter count for it (Table '
+                  '1\'s pure-MLP rows were not readable in the text copy read)')),
 })
 
 
