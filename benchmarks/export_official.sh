@@ -3,8 +3,9 @@
 # benchmarks/official/ for side_by_side.py. The official code is never committed here (.gitignore).
 #
 # usage: benchmarks/export_official.sh CLONES_DIR
-#   CLONES_DIR holds git clones (or bare mirrors) named deit, AS-MLP, Hire-Wave-MLP.pytorch, Strip_MLP, RepMLP of
-#   facebookresearch/deit, svip-lab/AS-MLP, ggjy/Hire-Wave-MLP.pytorch, Med-Process/Strip_MLP, DingXiaoH/RepMLP.
+#   CLONES_DIR holds git clones (or bare mirrors) named deit, AS-MLP, Hire-Wave-MLP.pytorch, Strip_MLP, RepMLP,
+#   CycleMLP of facebookresearch/deit, svip-lab/AS-MLP, ggjy/Hire-Wave-MLP.pytorch, Med-Process/Strip_MLP,
+#   DingXiaoH/RepMLP, ShoufaChen/CycleMLP (a folder of symlinks to bare mirrors will do).
 set -euo pipefail
 src=${1:?usage: $0 CLONES_DIR}
 out=$(dirname "$0")/official
@@ -23,4 +24,5 @@ show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/hire_mlp.py hire_mlp.py
 show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/wave_mlp.py wave_mlp.py
 show Strip_MLP 492d705 models/strip_mlp.py strip_mlp.py
 show RepMLP 3eff13f repmlpnet.py repmlpnet.py
+show CycleMLP 4e062a0 cycle_mlp.py cycle_mlp.py
 echo "official files in $out"
