@@ -61,8 +61,10 @@ _META_KEY = 'mlpvision_int8'
 
 # families whose deploy form goes through torch.export and the x86 quantizer (tests/test_quantize.py: a small model
 # of each, the int8 program against the float one). Strip-MLP's graph stops the quantizer ("Input partition has
-# more than one output node": a layer called at several places), so it is refused up front.
-SUPPORTED_FAMILIES = ('as_mlp', 'hire_mlp', 'repmlp', 'repmlpnet', 'resmlp', 'wave_mlp')
+# more than one output node": a layer called at several places), so it is refused up front. A family's captured
+# graph must write into no buffer (CycleMLP's shift, models/cycle_mlp.py): the quantizer observes a GEMM's input
+# where the graph defines it, before any in-place copy fills it.
+SUPPORTED_FAMILIES = ('as_mlp', 'cycle_mlp', 'hire_mlp', 'repmlp', 'repmlpnet', 'resmlp', 'wave_mlp')
 
 
 def _torchao():

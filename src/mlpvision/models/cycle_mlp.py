@@ -65,11 +65,12 @@ from collections.abc import Sequence
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, register_notrace_module, trunc_normal_
 
 from .._checkpoint import CheckpointError, register_checkpoint_filter, unwrap_state_dict
 from ..layers import Linear, Mlp, ProjectedMixer
-from ..layers.fast_linear import conv_act, linear
+from ..layers.fast_linear import conv_act, linear, tracing
 from ._base import PyramidNet, SequentialStage, check_input, one_d_and_bias_params, prenorm_residual_forward
 from ._factory import DeviceLike, factory_kwargs
 from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
@@ -101,9 +102,23 @@ def cycle_shift(x: torch.Tensor, dim: int, stepsize: int) -> torch.Tensor:
 
     ``out[..., p, c] = x[..., p + d(c), c]`` (0 where ``p + d(c)`` is outside the map), ``d(c) =
     (c + S // 2) % S - S // 2`` with S = ``stepsize``: the channels of one residue modulo S share a displacement,
-    so the shift is one strided copy per residue.
+    so the shift is one strided copy per residue, written into one buffer.
+
+    A captured graph (:func:`mlpvision.layers.fast_linear.tracing`: torch.export, FX, ONNX) gets the same values
+    without writes into a buffer: the map zero-padded by S // 2 along ``dim`` once, each residue's window of it
+    scattered into a zero tensor (``slice_scatter``). The int8 quantizer needs that form: it observes a GEMM's input
+    where the graph defines it, which for the buffer is the ``empty_like`` before the copies fill it.
     """
     n = x.shape[dim]
+    if tracing():
+        half = stepsize // 2
+        pad = (0, 0, half, half) if dim == 2 else (0, 0, 0, 0, half, half)
+        padded = F.pad(x, pad)  # B, H, W + 2 half, C (dim 2) or B, H + 2 half, W, C (dim 1)
+        out = torch.zeros_like(x)
+        for r in range(min(stepsize, x.shape[-1])):
+            window = padded.narrow(dim, half + _displacement(r, stepsize), n)[..., r::stepsize]  # B, H, W, C/S
+            out = out.slice_scatter(window, dim=3, start=r, step=stepsize)
+        return out
     out = torch.empty_like(x, memory_format=torch.contiguous_format)  # B, H, W, C
     for r in range(stepsize):
         d = _displacement(r, stepsize)
@@ -178,9 +193,11 @@ class CycleMixer(ProjectedMixer):
         ch = self.mlp_c(x)
         a = h.mean((1, 2)) + w.mean((1, 2)) + ch.mean((1, 2))  # B, C: the mean of h + w + c
         a = self.reweight(a).reshape(b, c, 3).permute(2, 0, 1).softmax(dim=0)  # 3, B, C
-        a = a.unsqueeze(2).unsqueeze(2).to(h.dtype)  # 3, B, 1, 1, C
-        if torch.is_grad_enabled() and (h.requires_grad or a.requires_grad):
-            return h * a[0] + w * a[1] + ch * a[2]
+        # the branches' dtype under autocast; a cast only where they differ, so that a graph captured in float32
+        # holds no dtype assertion for the int8 program's bf16 tensors to fail
+        a = (a if a.dtype == h.dtype else a.to(h.dtype)).unsqueeze(2).unsqueeze(2)  # 3, B, 1, 1, C
+        if tracing() or torch.is_grad_enabled() and (h.requires_grad or a.requires_grad):
+            return h * a[0] + w * a[1] + ch * a[2]  # out of place: autograd, and a graph with no in-place writes
         # inference: three passes over the map instead of five, no temporaries
         return h.mul_(a[0]).addcmul_(w, a[1]).addcmul_(ch, a[2])
 
