@@ -1,5 +1,6 @@
 """The CamVid figures of docs/dense.md from train-seg run folders: validation mIoU curves, the per-class IoU table and
-a grid of test-split predictions (image, ground truth, one column per run).
+a grid of test-split predictions (image, ground truth, one column per run), with a header naming the columns and a
+legend of the class colours under it (void pixels of the ground truth are black).
 
     python benchmarks/camvid_report.py --runs NAME=RUN_DIR ... --data-dir /path/to/CamVid --out docs/dense
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from mlpvision.data.loader import create_eval_loader
 from mlpvision.data.segmentation import CAMVID_PALETTE, SegEvalTransform, build_seg_dataset, overlay
@@ -40,6 +41,42 @@ def curves(runs: dict[str, Path], out_png: Path) -> None:
     plt.close(fig)
 
 
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def header(titles: list[str], cell_w: int, height: int = 22) -> np.ndarray:
+    """A white strip with each column's title centred over its cell."""
+    img = Image.new('RGB', (cell_w * len(titles), height), 'white')
+    draw, font = ImageDraw.Draw(img), _font(13)
+    for i, title in enumerate(titles):
+        w = draw.textlength(title, font=font)
+        draw.text((i * cell_w + (cell_w - w) / 2, 4), title, fill='black', font=font)
+    return np.asarray(img)
+
+
+def legend(classes: list[str], palette: list[tuple[int, int, int]], width: int, swatch: int = 14) -> np.ndarray:
+    """A white strip, ``width`` wide, with a colour swatch and the name of each class, left to right, wrapped."""
+    font = _font(12)
+    probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    places, x, y = [], 8, 6
+    for name in classes:
+        w = swatch + 5 + int(probe.textlength(name, font=font)) + 16
+        if x > 8 and x + w > width:
+            x, y = 8, y + swatch + 8
+        places.append((x, y))
+        x += w
+    img = Image.new('RGB', (width, y + swatch + 8), 'white')
+    draw = ImageDraw.Draw(img)
+    for (x, y), name, colour in zip(places, classes, palette, strict=True):
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(colour), outline='black')
+        draw.text((x + swatch + 5, y), name, fill='black', font=font)
+    return np.asarray(img)
+
+
 def grid(models: dict[str, tuple], data_dir: str, out_png: Path, picks: list[int], thumb: tuple[int, int]) -> None:
     data = build_seg_dataset('camvid', data_dir, 'test')
     rows = []
@@ -55,7 +92,11 @@ def grid(models: dict[str, tuple], data_dir: str, out_png: Path, picks: list[int
             cells.append(overlay(arr, pred, CAMVID_PALETTE, 0.6))
         rows.append(np.concatenate([np.asarray(Image.fromarray(c.astype(np.uint8)).resize(thumb, Image.BILINEAR))
                                     for c in cells], axis=1))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png, optimize=True)
+    titles = ['image', 'ground truth', *models]
+    width = thumb[0] * len(titles)
+    key = legend([*data.classes, 'void (ground truth, not scored)'], [*CAMVID_PALETTE, (0, 0, 0)], width)
+    strips = [header(titles, thumb[0]), *rows, key]
+    Image.fromarray(np.concatenate(strips, axis=0)).save(out_png, optimize=True)
 
 
 def main() -> None:
@@ -63,13 +104,14 @@ def main() -> None:
     p.add_argument('--runs', nargs='+', required=True, help='NAME=RUN_DIR pairs')
     p.add_argument('--data-dir', required=True)
     p.add_argument('--out', default='docs/dense')
+    p.add_argument('--prefix', default='camvid', help='file name prefix of the figures (PREFIX_curves.png, ...)')
     p.add_argument('--picks', type=int, nargs='+', default=[0, 60, 120, 200], help='test image indices for the grid')
     args = p.parse_args()
     torch.set_num_threads(1)
     runs = {k: Path(v) for k, v in (r.split('=', 1) for r in args.runs)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    curves(runs, out / 'camvid_curves.png')
+    curves(runs, out / f'{args.prefix}_curves.png')
     models, results = {}, {}
     for name, run in runs.items():
         model, meta = model_from_checkpoint(run / 'best.pth')
@@ -77,7 +119,7 @@ def main() -> None:
         test = build_seg_dataset('camvid', args.data_dir, 'test', transform=SegEvalTransform(meta['base_size']))
         results[name] = evaluate_seg(model, create_eval_loader(test.dataset, 1), meta['num_classes'],
                                      meta['ignore_index'], torch.device('cpu'), classes=meta['classes'])
-    grid(models, args.data_dir, out / 'camvid_test_overlays.png', args.picks, (240, 180))
+    grid(models, args.data_dir, out / f'{args.prefix}_test_overlays.png', args.picks, (240, 180))
     names = list(runs)
     print('| class | ' + ' | '.join(names) + ' |')
     print('|---|' + '---:|' * len(names))

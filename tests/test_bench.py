@@ -65,6 +65,12 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
     assert [c[0] for c in cells] == ['resmlp_s12', 'test_resnet (timm)']
     assert 'memory_method' in md and 'torch.profiler' in md
     _check_png(tmp_path / 'bench.png')
+    # the folder reads back for a redraw (benchmarks/plot_bench.py)
+    from mlpvision.bench import read_outputs
+    results, settings, env = read_outputs(tmp_path)
+    assert [r.model for r in results] == ['resmlp_s12', 'test_resnet'] and results[0].params == int(rows[0]['params'])
+    assert (settings.batch_size, settings.threads, settings.dtype, settings.reparam) == (8, 1, 'fp32', False)
+    assert env['torch'] == torch.__version__ and env['threads'] == '1'
 
 
 def test_bench_bf16_deploy_channels_last(tmp_path, capsys):
@@ -122,8 +128,35 @@ def test_plot_keeps_paper_figures_of_one_data_set_together(tmp_path):
     assert [r.model for r in shown] == ['resmlp_s12', 'hire_mlp_tiny'] and [r.model for r in left_out] == \
         ['repmlp_cifar_pure']
     assert plot_points(results[1:2])[:2] == ('CIFAR-10', results[1:2])  # alone, it has its own axis
-    write_plot(results, BenchSettings(), tmp_path / 'bench.png')
+    texts = write_plot(results, BenchSettings(), tmp_path / 'bench.png')
     _check_png(tmp_path / 'bench.png')
+    assert sorted(t.get_text() for t in texts) == ['hire_mlp_tiny', 'resmlp_s12', 'test_resnet']
+
+
+def test_plot_title_names_its_conditions_and_labels_do_not_overlap(tmp_path):
+    """bench.png's title carries the host, threads, batch and torch version; a crowd of models close together in
+    throughput and top-1, and baselines beside them, get labels that do not overlap."""
+    from mlpvision.bench import BenchResult, plot_title, write_plot
+    from mlpvision.plotting import overlapping_labels
+
+    settings = BenchSettings(batch_size=16, dtype='bf16', reparam=True)
+    env = {'host_id': 'epyc-avx512-1207', 'cpu': 'AMD EPYC', 'threads': '2', 'torch': '2.99.0',
+           'loadavg_before': '3.10 2.00 1.00', 'loadavg_after': '4.20 2.50 1.10'}
+    title = plot_title(settings, env)
+    for part in ('host epyc-avx512-1207', '2 threads', 'batch 16', 'torch 2.99.0', 'bf16 autocast', 'deploy form',
+                 'load 3.10 before, 4.20 after'):
+        assert part in title, part
+    assert 'host AMD EPYC' in plot_title(settings, {k: v for k, v in env.items() if k != 'host_id'})
+    names = [n for n in mlpvision.list_models() if n != 'repmlp_cifar_pure'][:10]
+    results = [BenchResult(model=n, source='mlpvision', family=mlpvision.model_family(n), form='train',
+                           input_size='224x224', params=1, gmacs=1.0, infer_img_s=40.0 + i, paper_top1=80.0 + 0.1 * i,
+                           paper_dataset='ImageNet-1k') for i, n in enumerate(names)]
+    results += [BenchResult(model=f'baseline_{i}', source='timm', family='timm', form='train', input_size='224x224',
+                            params=1, gmacs=1.0, infer_img_s=41.0 + i) for i in range(3)]
+    texts = write_plot(results, settings, tmp_path / 'bench.png', env)
+    _check_png(tmp_path / 'bench.png')
+    assert len(texts) == 13 and overlapping_labels(texts) == []
+    assert texts[0].axes.get_title() == title
 
 
 def test_errors(capsys):

@@ -295,7 +295,7 @@ def test_data_in_memory_refuses_per_image_augmentations(tmp_path):
 
 
 def test_plot_runs_draws_each_run_and_names_an_empty_one(tmp_path):
-    from mlpvision.engine.metrics import METRIC_COLUMNS, plot_runs
+    from mlpvision.engine.metrics import METRIC_COLUMNS, eval_split_label, plot_runs
     for name, accs in (('a', (40.0, 55.5)), ('b', (42.0, 51.0))):
         (tmp_path / name).mkdir()
         with open(tmp_path / name / 'metrics.csv', 'w', newline='') as f:
@@ -315,6 +315,19 @@ def test_plot_runs_draws_each_run_and_names_an_empty_one(tmp_path):
     acc_axis = figs[0].axes[0]
     assert [ln.get_label() for ln in acc_axis.get_lines()] == ['run a', 'run b']
     assert list(acc_axis.get_lines()[1].get_ydata()) == [42.0, 51.0]
+    assert acc_axis.get_title() == 'validation top-1 (%)'  # no config.yaml: the runs do not say
+    # runs evaluated on a test split say so (issue 28: CIFAR plots said "validation" for the test split)
+    for name in ('a', 'b'):
+        (tmp_path / name / 'config.yaml').write_text('dataset: imagefolder\nval_split: test\n')
+    try:
+        plt.close = lambda fig=None: figs.append(fig)
+        plot_runs({'run a': tmp_path / 'a', 'run b': tmp_path / 'b'}, tmp_path / 'c.png')
+    finally:
+        plt.close = monkey_close
+    assert [ax.get_title() for ax in figs[-1].axes[:2]] == ['test top-1 (%)', 'test loss']
+    assert eval_split_label(dict(dataset='cifar10', val_split='val')) == 'test'
+    assert eval_split_label(dict(dataset='imagefolder', val_split='val')) == 'validation'
+    assert eval_split_label(dict(dataset='caltech101')) == 'validation'
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match=r"run 'x': no epoch rows in .*empty/metrics.csv"):
         plot_runs({'x': tmp_path / 'empty'}, tmp_path / 'd.png')

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
-from .host import gemm_peaks, host_environment, loadavg, quiet_stderr
+from .host import cpu_name, gemm_peaks, host_environment, loadavg, quiet_stderr
 from .model_table import paper_dataset
+from .plotting import BASELINE_COLOUR, family_colour, place_labels
 
 _logger = logging.getLogger(__name__)
 
@@ -548,31 +549,53 @@ def plot_points(results: Sequence[BenchResult]) -> tuple[str | None, list[BenchR
     return dataset, [r for r in rated if r.paper_dataset == dataset], [r for r in rated if r.paper_dataset != dataset]
 
 
-def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: str | Path) -> None:
+def plot_title(settings: BenchSettings, env: dict[str, str] | None = None) -> str:
+    """``bench.png``'s title: the host (its id, ``MLPVISION_HOST_ID`` as :func:`mlpvision.host.host_environment`
+    records it, else the CPU), threads, batch and torch version; then the setting and the 1-minute load before and
+    after the run."""
+    env = env if env is not None else {'cpu': cpu_name(), 'torch': torch.__version__,
+                                       'threads': str(settings.threads or torch.get_num_threads())}
+    host = env.get('host_id') or env.get('cpu') or 'host not recorded'
+    threads = env.get('threads') or (str(settings.threads) if settings.threads else 'threads not recorded')
+    first = f'host {host}, {threads} threads, batch {settings.batch_size}, torch {env.get("torch", "?")}'
+    second = [settings.device, settings.dtype + (' autocast' if settings.dtype != 'fp32' else '')]
+    if settings.channels_last:
+        second.append('channels-last')
+    if settings.compile:
+        second.append('compiled')
+    if settings.reparam:
+        second.append('deploy form where there is one')
+    before, after = (env.get(k, '').split(' ')[0] for k in ('loadavg_before', 'loadavg_after'))
+    if before:
+        second.append(f'load {before} before' + (f', {after} after' if after else ''))
+    return first + '\n' + ', '.join(second)
+
+
+def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: str | Path,
+               env: dict[str, str] | None = None) -> list:
     """Paper top-1 against measured inference throughput, one point per model (the papers' accuracy/speed figure).
 
     Only figures on one data set share the axis (:func:`plot_points`); models with a figure on another are named
-    under the plot. timm baselines have no paper top-1 here: they are drawn as labelled vertical lines at their
-    throughput.
+    under the plot. timm baselines have no paper top-1 here: they are drawn as grey vertical lines at their
+    throughput. Each family has its colour (:data:`mlpvision.plotting.FAMILY_COLOURS`); the title is
+    :func:`plot_title`; no two labels overlap (:func:`mlpvision.plotting.place_labels`).
+
+    Returns the label artists (the figure is closed), so a test can check them.
     """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     dataset, points, left_out = plot_points(results)
     families = sorted({r.family for r in points})
     for fam in families:
         pts = [r for r in points if r.family == fam]
-        ax.scatter([r.infer_img_s for r in pts], [r.paper_top1 for r in pts], label=fam, s=30, zorder=3)
-        for r in pts:
-            ax.annotate(r.model, (r.infer_img_s, r.paper_top1), textcoords='offset points', xytext=(4, 3),
-                        fontsize=7)
-    for r in results:
-        if r.paper_top1 is None and r.infer_img_s:
-            ax.axvline(r.infer_img_s, color='grey', linestyle=':', linewidth=1)
-            ax.annotate(r.model, (r.infer_img_s, 0.02), xycoords=('data', 'axes fraction'), rotation=90,
-                        fontsize=7, color='grey', xytext=(2, 0), textcoords='offset points')
+        ax.scatter([r.infer_img_s for r in pts], [r.paper_top1 for r in pts], label=fam, s=30, zorder=3,
+                   color=family_colour(fam))
+    baselines = [r for r in results if r.paper_top1 is None and r.infer_img_s]
+    for r in baselines:
+        ax.axvline(r.infer_img_s, color=BASELINE_COLOUR, linestyle=':', linewidth=1)
     if not points:
         ax.text(0.5, 0.5, 'no model with a paper top-1 in this run', transform=ax.transAxes, ha='center',
                 color='grey')
@@ -580,17 +603,75 @@ def write_plot(results: Sequence[BenchResult], settings: BenchSettings, path: st
         fig.text(0.01, 0.01, 'not plotted (paper top-1 on another data set): ' + ', '.join(
             f'{r.model} ({r.paper_dataset or "unknown data set"} {r.paper_top1:.1f}%)' for r in left_out),
             fontsize=7, color='grey')
-    ax.set_xlabel(f'measured inference throughput (img/s, batch {settings.batch_size})')
+    ax.set_xlabel(f'measured inference throughput (img/s, batch {settings.batch_size}; timm baselines dotted)')
     ax.set_ylabel(f'paper {dataset or ""} top-1 (%)'.replace('  ', ' '))
-    ax.set_title(f'{settings.device}, {settings.dtype}{", compiled" if settings.compile else ""}'
-                 f'{", deploy form where there is one" if settings.reparam else ""}', fontsize=9)
+    ax.set_title(plot_title(settings, env), fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.08, y=0.12)  # room for the labels of the outermost points
+    ax.margins(x=0.12, y=0.15)  # room for the labels of the outermost points
     if families:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc='lower right')
     fig.tight_layout(rect=(0, 0.04, 1, 1) if left_out else None)
+    ymin, ymax = ax.get_ylim()
+    # each baseline's name hangs from a grey triangle on its line, at one of three heights in turn along x
+    baselines.sort(key=lambda r: r.infer_img_s)
+    anchors = [(r.infer_img_s, ymin + (0.04 + 0.08 * (i % 3)) * (ymax - ymin)) for i, r in enumerate(baselines)]
+    if anchors:
+        ax.scatter(*zip(*anchors, strict=True), marker='^', s=14, color=BASELINE_COLOUR, zorder=3)
+        ax.set_ylim(ymin, ymax)
+    xy = [(r.infer_img_s, r.paper_top1) for r in points] + anchors
+    colours = [family_colour(r.family) for r in points] + [BASELINE_COLOUR] * len(baselines)
+    texts = place_labels(ax, xy, [r.model for r in points] + [r.model for r in baselines], colours=colours,
+                         vlines=[r.infer_img_s for r in baselines])
     fig.savefig(path)
     plt.close(fig)
+    return texts
+
+
+def read_outputs(out_dir: str | Path) -> tuple[list[BenchResult], BenchSettings, dict[str, str]]:
+    """The results, setting and environment of a ``mlpvision bench`` output folder (its ``bench.csv`` and
+    ``bench.md``), so that ``bench.png`` can be redrawn without measuring again (``benchmarks/plot_bench.py``).
+
+    The setting is what the CSV records (batch, device, dtype, channels-last, compile, threads, repeats, clock) and
+    the deploy form (from ``bench.md``'s setting line); the environment is ``bench.md``'s ``- key: value`` lines.
+    A CSV of a version without ``paper_dataset`` gets it from the registry.
+    """
+    out = Path(out_dir)
+    with open(out / 'bench.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UsageError(f'{out / "bench.csv"} has no rows')
+    kinds = {f.name: f.type for f in fields(BenchResult)}
+    results = []
+    for row in rows:
+        kw = {}
+        for name, kind in kinds.items():
+            v = row.get(name, '')
+            if v == '':
+                kw[name] = None
+            elif 'int' in str(kind):
+                kw[name] = int(v)
+            elif 'float' in str(kind):
+                kw[name] = float(v)
+            else:
+                kw[name] = v
+        if kw['paper_top1'] is not None and kw['paper_dataset'] is None:
+            kw['paper_dataset'] = paper_dataset(kw['model'])
+        results.append(BenchResult(**kw))
+    first = rows[0]
+    md = (out / 'bench.md').read_text() if (out / 'bench.md').exists() else ''
+    setting_line = next((line for line in md.splitlines() if line.startswith('Setting:')), '')
+    settings = BenchSettings(
+        device=first['device'], dtype=first['dtype'], batch_size=int(first['batch_size']),
+        channels_last=first['channels_last'] == 'True', compile=first['compile'] == 'True',
+        reparam='deploy form' in setting_line or any(r.form == 'deploy' for r in results),
+        threads=int(first['threads']) if first.get('threads') else None, repeats=int(first['repeats']),
+        clock=first['clock'])
+    env = {}
+    for line in md.splitlines():
+        if line.startswith('- ') and ': ' in line:
+            key, value = line[2:].split(': ', 1)
+            env[key] = value
+    return results, settings, env
 
 
 def write_outputs(results: Sequence[BenchResult], settings: BenchSettings, env: dict[str, str],
@@ -601,5 +682,5 @@ def write_outputs(results: Sequence[BenchResult], settings: BenchSettings, env: 
     paths = {'csv': out / 'bench.csv', 'md': out / 'bench.md', 'png': out / 'bench.png'}
     write_csv(results, settings, env, paths['csv'])
     paths['md'].write_text(format_markdown(results, settings, env))
-    write_plot(results, settings, paths['png'])
+    write_plot(results, settings, paths['png'], env)
     return paths

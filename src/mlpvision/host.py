@@ -151,12 +151,15 @@ def time_once(fn: Callable[[], object]) -> float:
 
 
 def host_environment(device: str = 'cpu', peaks: bool = True) -> dict[str, str]:
-    """What figures depend on besides the models: date, versions (mlpvision, torch, timm, oneDNN, MKL, Python),
+    """What figures depend on besides the models: the host's id (``host_id``, when the environment variable
+    ``MLPVISION_HOST_ID`` names one of docs/hosts.md), date, versions (mlpvision, torch, timm, oneDNN, MKL, Python),
     CPU model and ISA flags, threads, load and (CPU, ``peaks``) the GEMM peaks of :func:`gemm_peaks`."""
     import timm
 
     dev = torch.device(device)
+    host_id = os.environ.get('MLPVISION_HOST_ID')  # the id of docs/hosts.md, for figures to carry
     env = {
+        **({'host_id': host_id} if host_id else {}),
         'date': time.strftime('%Y-%m-%d %H:%M:%S %z'),
         'mlpvision': __version__, 'torch': torch.__version__, 'timm': timm.__version__,
         **library_versions(),

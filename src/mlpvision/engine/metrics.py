@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'plot_curves', 'plot_runs', 'plot_confusion',
-           'progress_bar', 'write_per_class_csv']
+__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'eval_split_label', 'plot_curves', 'plot_runs',
+           'plot_confusion', 'progress_bar', 'write_per_class_csv']
 
 METRIC_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'train_acc1', 'val_loss', 'val_acc1', 'val_acc5',
                   'ema_val_loss', 'ema_val_acc1', 'ema_val_acc5', 'img_per_s', 'epoch_time_s', 'wall_s',
@@ -108,8 +108,37 @@ def _save(plt: Any, fig: Any, out_png: str | Path, title: str) -> Path:
     return out_png
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -> Path | None:
-    """Loss and accuracy per epoch from ``metrics.csv``; None when matplotlib is missing or there are no rows."""
+# data sets whose evaluation split is their test split (torchvision's CIFAR has only train and test)
+_TEST_SPLIT_DATASETS = ('cifar10', 'cifar100')
+
+
+def eval_split_label(config: Mapping[str, Any]) -> str:
+    """What a run's evaluation ("val_*" columns) was scored on, in words, from its configuration (``config.yaml``'s
+    ``dataset`` and ``val_split``): 'test' for CIFAR and for an image folder whose evaluation folder is ``test/``,
+    the folder's name for another image folder, else 'validation'."""
+    dataset, folder = config.get('dataset'), config.get('val_split') or 'val'
+    if dataset in _TEST_SPLIT_DATASETS:
+        return 'test'
+    if dataset == 'imagefolder' and folder != 'val':
+        return str(folder)
+    return 'validation'
+
+
+def _run_split_label(run_dir: Path) -> str | None:
+    """:func:`eval_split_label` of the run whose folder is ``run_dir``; None without a readable config.yaml."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return eval_split_label(config) if isinstance(config, dict) else None
+
+
+def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '',
+                eval_split: str = 'validation') -> Path | None:
+    """Loss and accuracy per epoch from ``metrics.csv``; None when matplotlib is missing or there are no rows.
+    ``eval_split`` names what the "val" columns were scored on (:func:`eval_split_label`)."""
     rows = read_metrics(metrics_csv)
     if not rows:
         return None
@@ -117,11 +146,11 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -
     if plt is None:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (('train_loss', 'train'), ('val_loss', 'val')):
+    for key, label in (('train_loss', 'train'), ('val_loss', eval_split)):
         ax1.plot(*_floats(rows, key), marker='.', label=label)
     ax1.set(xlabel='epoch', ylabel='loss', title='loss')
-    for key, label in (('train_acc1', 'train (augmented)'), ('val_acc1', 'val top-1'), ('val_acc5', 'val top-5'),
-                       ('ema_val_acc1', 'EMA val top-1')):
+    for key, label in (('train_acc1', 'train (augmented)'), ('val_acc1', f'{eval_split} top-1'),
+                       ('val_acc5', f'{eval_split} top-5'), ('ema_val_acc1', f'EMA {eval_split} top-1')):
         xs, ys = _floats(rows, key)
         if xs:
             ax2.plot(xs, ys, marker='.', label=label)
@@ -132,16 +161,19 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '') -
     return _save(plt, fig, out_png, title)
 
 
-def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = '') -> Path | None:
-    """Several runs side by side: validation top-1, validation loss and training loss per epoch.
+def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = '',
+              eval_split: str | None = None) -> Path | None:
+    """Several runs side by side: evaluation top-1, evaluation loss and training loss per epoch.
 
     Args:
         runs: label -> run folder (holding ``metrics.csv``) or the ``metrics.csv`` itself, in legend order.
+        eval_split: what the runs were evaluated on, for the panel titles ('test' for CIFAR); None reads it from each
+            run folder's ``config.yaml`` (:func:`eval_split_label`), 'validation' where the runs disagree or have none.
 
     Returns:
         ``out_png``, or None without matplotlib. Raises ValueError naming a run without epoch rows.
     """
-    tables = {}
+    tables, splits = {}, set()
     for label, path in runs.items():
         path = Path(path)
         csv_path = path / 'metrics.csv' if path.is_dir() else path
@@ -149,11 +181,14 @@ def plot_runs(runs: Mapping[str, str | Path], out_png: str | Path, title: str = 
         if not rows:
             raise ValueError(f'run {label!r}: no epoch rows in {csv_path} (has it finished an epoch?)')
         tables[label] = rows
+        splits.add(_run_split_label(csv_path.parent))
+    if eval_split is None:
+        eval_split = splits.pop() if len(splits) == 1 and None not in splits else 'validation'
     plt = _pyplot()
     if plt is None:
         return None
     from matplotlib.ticker import MaxNLocator
-    panels = (('val_acc1', 'validation top-1 (%)'), ('val_loss', 'validation loss'),
+    panels = (('val_acc1', f'{eval_split} top-1 (%)'), ('val_loss', f'{eval_split} loss'),
               ('train_loss', 'training loss (the run\'s own objective)'))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8))
     for ax, (key, name) in zip(axes, panels, strict=True):

@@ -42,7 +42,7 @@ from .distill import Distiller, build_teacher
 from .distributed import DistInfo, barrier
 from .evaluate import EvalResult, evaluate
 from .loading import finetune_source
-from .metrics import METRIC_COLUMNS, plot_curves
+from .metrics import METRIC_COLUMNS, eval_split_label, plot_curves
 from .run import (
     BatchSizeError,
     Meters,
@@ -455,7 +455,7 @@ class ClassifyTask(Task):
         return lines
 
     def plot(self, metrics_csv: Path, out_png: Path, title: str) -> Path | None:
-        return plot_curves(metrics_csv, out_png, title=title)
+        return plot_curves(metrics_csv, out_png, title=title, eval_split=eval_split_label(self.cfg.to_dict()))
 
 
 def build_context(cfg: TrainConfig, info: DistInfo, progress: bool) -> Run:
