@@ -15,11 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+import mlpvision
 from mlpvision.data.loader import create_eval_loader
 from mlpvision.data.segmentation import CAMVID_PALETTE, SegEvalTransform, build_seg_dataset, overlay
 from mlpvision.engine.segmentation import evaluate_seg, model_from_checkpoint, predict_logits
+from mlpvision.plotting import family_colour
+
+
+def _colour(run: Path) -> str:
+    """The run's backbone family's colour (mlpvision.plotting), the baselines' grey for a timm backbone."""
+    config = yaml.safe_load((run / 'config.yaml').read_text()) if (run / 'config.yaml').exists() else {}
+    backbone = (config or {}).get('backbone') or ''
+    return family_colour(mlpvision.model_family(backbone) if mlpvision.is_model(backbone) else None)
 
 
 def curves(runs: dict[str, Path], out_png: Path) -> None:
@@ -29,9 +39,10 @@ def curves(runs: dict[str, Path], out_png: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, run in runs.items():
         rows = list(csv.DictReader(open(run / 'metrics.csv')))
-        a.plot([int(r['epoch']) for r in rows], [float(r['train_loss']) for r in rows], label=name)
+        colour = _colour(run)
+        a.plot([int(r['epoch']) for r in rows], [float(r['train_loss']) for r in rows], label=name, color=colour)
         ev = [(int(r['epoch']), float(r['val_miou'])) for r in rows if r['val_miou']]
-        b.plot([e for e, _ in ev], [v for _, v in ev], marker='o', ms=3, label=name)
+        b.plot([e for e, _ in ev], [v for _, v in ev], marker='o', ms=3, label=name, color=colour)
     a.set(xlabel='epoch', ylabel='train loss (decode + 0.4 aux)')
     b.set(xlabel='epoch', ylabel='CamVid val mIoU (%)')
     b.legend()
