@@ -27,6 +27,13 @@ the parameter changes in place or is replaced, or the input shape changes), whic
 every call otherwise (a few per cent of a whole model; docs/benchmarks.md). This keeps one such copy of every weight
 the path has seen per dtype it ran in: the weight's size in float32, half in bf16; it goes when the parameter does.
 
+Under autograd (training) a float32 :func:`linear` without autocast on the CPU runs ``_OneDNNLinear``, an autograd
+function whose forward and both backward GEMMs (input and weight gradients) are oneDNN's, with the activation and
+the residual applied by PyTorch's ops after it: the same values and gradients as ``F.linear`` up to float rounding
+(tests/test_fast_linear_train.py); on the host of docs/benchmarks.md ("Same setting", 2026-12-07) it made ResMLP-S12's
+fp32 training step 1.16x the plain path's. Under bf16 autocast training keeps autocast's ops (already oneDNN's bf16
+matmul).
+
 Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
 when there is no activation).
 
@@ -186,6 +193,55 @@ def _packed(weight: torch.Tensor, dtype: torch.dtype, kind: str, hint: tuple) ->
     return entry[1]
 
 
+def _trains_through_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear` runs as :class:`_OneDNNLinear`: float32 on the CPU under autograd (training), in eager
+    mode (not while compiling, exporting, tracing or under a dispatch mode), without autocast (under bf16 autocast
+    ``F.linear`` already runs oneDNN's bf16 matmul)."""
+    if not _enabled or tracing() or torch.compiler.is_compiling() or dispatch_mode_active():
+        return False
+    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or
+                                           (bias is not None and bias.requires_grad)):
+        return False
+    if torch.is_autocast_enabled('cpu') or x.device.type != 'cpu' or weight.device.type != 'cpu':
+        return False
+    if not (x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)):
+        return False
+    return x.dim() >= 2 and x.numel() > 0 and _onednn_available()
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` in float32 with oneDNN's GEMM forward and backward.
+
+    PyTorch runs an fp32 ``F.linear`` and its backward as BLAS sgemm calls (MKL in the official wheels), which on the
+    AMD hosts of docs/hosts.md ran at under half oneDNN's fp32 GEMM rate (docs/benchmarks.md, "Training step").
+    Backward: the input gradient is ``grad @ weight``, the linear of ``grad`` with ``weight^T``; the weight gradient
+    ``grad^T @ x``, the linear of ``grad^T`` with ``x^T`` (oneDNN reads the transposed operands through their
+    strides); the bias gradient the sum of ``grad`` over its rows. Equal to autograd's up to float summation order
+    (tests/test_fast_linear_train.py). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, 'none', [], '')
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        g = grad.contiguous().reshape(-1, grad.shape[-1])  # rows, out
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.mkldnn._linear_pointwise(g, weight.t(), None, 'none', [], '').reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            rows = x.contiguous().reshape(-1, x.shape[-1])  # rows, in
+            gw = torch.ops.mkldnn._linear_pointwise(g.t(), rows.t(), None, 'none', [], '')
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            act: nn.Module | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``act(F.linear(x, weight, bias)) + residual``, through oneDNN with the activation (or, without one, the
@@ -198,7 +254,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if dtype is not None and residual is not None and torch.is_grad_enabled() and residual.requires_grad:
         dtype = None  # the fused sum has no backward either
     if dtype is None:
-        y = F.linear(x, weight, bias)
+        trains = _trains_through_onednn(x, weight, bias)
+        y = _OneDNNLinear.apply(x, weight, bias) if trains else F.linear(x, weight, bias)
         y = y if act is None else act(y)
         return y if residual is None else residual + y
     if dtype == torch.bfloat16:
