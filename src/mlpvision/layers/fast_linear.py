@@ -31,7 +31,7 @@ Under autograd (training) a float32 :func:`linear` without autocast on the CPU r
 function whose forward and both backward GEMMs (input and weight gradients) are oneDNN's, with the activation and
 the residual applied by PyTorch's ops after it: the same values and gradients as ``F.linear`` up to float rounding
 (tests/test_fast_linear_train.py). On the host of docs/benchmarks.md ("Same setting", 2026-12-07) it made
-ResMLP-S12's fp32 training step 1.12-1.16x the plain path's (``benchmarks/train_step_onednn.py``). Under bf16
+ResMLP-S12's fp32 training step 1.04-1.16x the plain path's (``benchmarks/train_step_onednn.py``). Under bf16
 autocast training keeps autocast's ops (already oneDNN's bf16 matmul).
 
 Everywhere else it is ``act(F.linear(x, weight, bias))``. ``linear`` can also add a residual (fused into the GEMM
