@@ -24,5 +24,8 @@ show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/hire_mlp.py hire_mlp.py
 show Hire-Wave-MLP.pytorch 7ef7ddd mlp_based/wave_mlp.py wave_mlp.py
 show Strip_MLP 492d705 models/strip_mlp.py strip_mlp.py
 show RepMLP 3eff13f repmlpnet.py repmlpnet.py
+show RepMLP 4b3e347 repmlp_resnet.py repmlp_resnet.py
+show RepMLP 4b3e347 repmlp_blocks.py repmlp_blocks.py
+show RepMLP 4b3e347 repmlp.py repmlp.py
 show CycleMLP 4e062a0 cycle_mlp.py cycle_mlp.py
 echo "official files in $out"

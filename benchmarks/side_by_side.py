@@ -3,18 +3,19 @@
     benchmarks/export_official.sh CLONES_DIR          # the official model files, at the parity fixtures' commits
     python benchmarks/side_by_side.py FAMILY [--repeats 7] [--threads 2] [--batch 8] [--train]
 
-FAMILY is one of resmlp, asmlp, hiremlp, stripmlp, repmlpnet, wavemlp, cyclemlp. The official model is built from
-``benchmarks/official/`` (never committed), its parameter count and its logits are checked against the parity
-fixture (``tests/fixtures/parity``, weights from ``fill.fill_state_dict``), the same weights are loaded into
-mlpvision's model through ``create_model(checkpoint_path=...)`` and checked too (train and deploy form). Then, in
-this process: eval mode, ``torch.inference_mode``, one random batch shared by every entry, ``--warmup`` untimed calls
-per entry, ``--repeats`` timed calls per entry interleaved (the entry order reversed on odd repeats).
+FAMILY is one of resmlp, asmlp, hiremlp, stripmlp, repmlp (RepMLP-Res50), repmlpnet, wavemlp, cyclemlp. The official
+model is built from ``benchmarks/official/`` (never committed), its parameter count and its logits are checked
+against the parity fixture (``tests/fixtures/parity``, weights from ``fill.fill_state_dict``), the same weights are
+loaded into mlpvision's model through ``create_model(checkpoint_path=...)`` and checked too (train and deploy form).
+Then, in this process: eval mode, ``torch.inference_mode``, one random batch shared by every entry, ``--warmup``
+untimed calls per entry, ``--repeats`` timed calls per entry interleaved (the entry order reversed on odd repeats).
 
 Entries are named ``WHO_[deploy_][cl_]PRECISION``: WHO official or ours; ``deploy_`` the deploy form (ours where
-re-parameterisation changes the structure; the official only for RepMLPNet, after its ``locality_injection()``);
-``cl_`` model and input in channels-last memory format (checked against the fixture in that format; an official
-model whose code refuses it is reported as refused and left out); PRECISION fp32 or bf16 (autocast; ``--bf16 auto``,
-the default: only where oneDNN has bf16, AVX512 / AMX). The official code gets every setting ours gets.
+re-parameterisation changes the structure; the official for RepMLPNet after its ``locality_injection()`` and
+for RepMLP-Res50 after its ``repmlp_model_convert``); ``cl_`` model and input in channels-last memory format (checked
+against the fixture in that format; an official model whose code refuses it is reported as refused and left out);
+PRECISION fp32 or bf16 (autocast; ``--bf16 auto``, the default: only where oneDNN has bf16, AVX512 / AMX). The
+official code gets every setting ours gets.
 
 Printed: the host's GEMM peaks (:func:`mlpvision.bench.gemm_peaks`) and the torch / oneDNN versions, the refusals,
 then per entry the median img/s, its ratio to the official fp32 entry ("ours at best vs official fp32" for our best
@@ -65,6 +66,8 @@ FAMILIES = {  # family -> (mlpvision name, official constructor as the official 
     'hiremlp': ('hire_mlp_tiny', lambda: importlib.import_module('hire_mlp').hire_mlp_tiny()),
     'stripmlp': ('strip_mlp_tiny_light', lambda: importlib.import_module('strip_mlp').StripMLPNet(
         embed_dim=80, layers=[2, 2, 6, 2], alpha=3)),
+    'repmlp': ('repmlp_res50_light_224', lambda: importlib.import_module('repmlp_resnet').create_RepMLPRes50_Light_224(
+        deploy=False)),
     'repmlpnet': ('repmlpnet_t224', lambda: importlib.import_module('repmlpnet').create_RepMLPNet_T224()),
     'wavemlp': ('wave_mlp_t', lambda: importlib.import_module('wave_mlp').WaveMLP_T()),
     'cyclemlp': ('cycle_mlp_b1', lambda: importlib.import_module('cycle_mlp').CycleMLP_B1()),
@@ -187,9 +190,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f'# no bf16 entries (--bf16 {args.bf16}; oneDNN has bf16 on this CPU: {has_bf16})')
     precisions = [('fp32', None)] + ([('bf16', torch.bfloat16)] if bf16 else [])
     official_forms = [('', official)]
-    if args.family == 'repmlpnet':
-        official_deploy = copy.deepcopy(official)
-        official_deploy.locality_injection()
+    if args.family in ('repmlp', 'repmlpnet'):
+        if args.family == 'repmlpnet':
+            official_deploy = copy.deepcopy(official)
+            official_deploy.locality_injection()
+        else:  # every RepMLP block's and conv-BN's switch_to_deploy, on a copy
+            official_deploy = importlib.import_module('repmlp').repmlp_model_convert(official, do_copy=True)
         check(official_deploy, 'official deploy form')
         official_forms.append(('deploy_', official_deploy))
     ours_forms = [('', ours)] + ([('deploy_', deploy)] if deploy is not None else [])
