@@ -15,20 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 import mlpvision
 from mlpvision.data.loader import create_eval_loader
 from mlpvision.data.segmentation import CAMVID_PALETTE, SegEvalTransform, build_seg_dataset, overlay
+from mlpvision.engine.metrics import run_config
 from mlpvision.engine.segmentation import evaluate_seg, model_from_checkpoint, predict_logits
 from mlpvision.plotting import family_colour
 
 
 def _colour(run: Path) -> str:
     """The run's backbone family's colour (mlpvision.plotting), the baselines' grey for a timm backbone."""
-    config = yaml.safe_load((run / 'config.yaml').read_text()) if (run / 'config.yaml').exists() else {}
-    backbone = (config or {}).get('backbone') or ''
+    backbone = (run_config(run) or {}).get('backbone') or ''
     return family_colour(mlpvision.model_family(backbone) if mlpvision.is_model(backbone) else None)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'eval_split_label', 'plot_curves', 'plot_runs',
-           'plot_confusion', 'progress_bar', 'write_per_class_csv']
+__all__ = ['METRIC_COLUMNS', 'MetricsLog', 'read_metrics', 'run_config', 'eval_split_label', 'plot_curves',
+           'plot_runs', 'plot_confusion', 'progress_bar', 'write_per_class_csv']
 
 METRIC_COLUMNS = ('epoch', 'step', 'lr', 'train_loss', 'train_acc1', 'val_loss', 'val_acc1', 'val_acc5',
                   'ema_val_loss', 'ema_val_acc1', 'ema_val_acc5', 'img_per_s', 'epoch_time_s', 'wall_s',
@@ -124,15 +124,21 @@ def eval_split_label(config: Mapping[str, Any]) -> str:
     return 'validation'
 
 
-def _run_split_label(run_dir: Path) -> str | None:
-    """:func:`eval_split_label` of the run whose folder is ``run_dir``; None without a readable config.yaml."""
+def run_config(run_dir: str | Path) -> dict | None:
+    """The ``config.yaml`` of the run folder ``run_dir`` as a dict; None when it is missing or not a YAML mapping."""
     import yaml
 
     try:
-        config = yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}
+        config = yaml.safe_load((Path(run_dir) / 'config.yaml').read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
-    return eval_split_label(config) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def _run_split_label(run_dir: Path) -> str | None:
+    """:func:`eval_split_label` of the run whose folder is ``run_dir``; None without a readable config.yaml."""
+    config = run_config(run_dir)
+    return None if config is None else eval_split_label(config)
 
 
 def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = '',

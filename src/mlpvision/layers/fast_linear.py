@@ -127,28 +127,34 @@ def tracing() -> bool:
             or torch.compiler.is_exporting())
 
 
+def _eager_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a oneDNN path may run this call at all: switched on, CPU tensors, eager mode (not while a graph is
+    captured, compiled or a dispatch mode is active), oneDNN's ops present."""
+    if tracing() or not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
+        return False
+    return not (torch.compiler.is_compiling() or dispatch_mode_active()) and _onednn_available()
+
+
+def _needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                        (bias is not None and bias.requires_grad))
+
+
+def _all_float32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+
+
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.dtype | None:
     """The dtype the oneDNN path computes in for this call (float32 or bfloat16), or None when it does not apply."""
-    if tracing():
-        return None
-    if not _enabled or x.device.type != 'cpu' or weight.device.type != 'cpu':
-        return None
-    if torch.compiler.is_compiling() or dispatch_mode_active():
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
-                                    (bias is not None and bias.requires_grad)):
-        return None  # the oneDNN op has no backward
-    if not _onednn_available():
-        return None
+    if not _eager_cpu(x, weight) or _needs_grad(x, weight, bias):
+        return None  # the oneDNN ops have no backward (training: _OneDNNLinear, for linear only)
     floats = (torch.float32, torch.bfloat16)
     if torch.is_autocast_enabled('cpu'):
         if (torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in floats and weight.dtype in floats
                 and onednn_bf16_supported()):
             return torch.bfloat16
         return None
-    if x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
-        return torch.float32
-    return None
+    return torch.float32 if _all_float32(x, weight, bias) else None
 
 
 def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -197,27 +203,20 @@ def _trains_through_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     """Whether :func:`linear` runs as :class:`_OneDNNLinear`: float32 on the CPU under autograd (training), in eager
     mode (not while compiling, exporting, tracing or under a dispatch mode), without autocast (under bf16 autocast
     ``F.linear`` already runs oneDNN's bf16 matmul)."""
-    if not _enabled or tracing() or torch.compiler.is_compiling() or dispatch_mode_active():
-        return False
-    if not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad or
-                                           (bias is not None and bias.requires_grad)):
-        return False
-    if torch.is_autocast_enabled('cpu') or x.device.type != 'cpu' or weight.device.type != 'cpu':
-        return False
-    if not (x.dtype == weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)):
-        return False
-    return x.dim() >= 2 and x.numel() > 0 and _onednn_available()
+    return (_eager_cpu(x, weight) and _needs_grad(x, weight, bias) and not torch.is_autocast_enabled('cpu')
+            and _all_float32(x, weight, bias) and x.dim() >= 2 and x.numel() > 0)
 
 
 class _OneDNNLinear(torch.autograd.Function):
     """``F.linear(x, weight, bias)`` in float32 with oneDNN's GEMM forward and backward.
 
-    PyTorch runs an fp32 ``F.linear`` and its backward as BLAS sgemm calls (MKL in the official wheels), which on the
-    AMD hosts of docs/hosts.md ran at under half oneDNN's fp32 GEMM rate (docs/benchmarks.md, "Training step").
-    Backward: the input gradient is ``grad @ weight``, the linear of ``grad`` with ``weight^T``; the weight gradient
-    ``grad^T @ x``, the linear of ``grad^T`` with ``x^T`` (oneDNN reads the transposed operands through their
-    strides); the bias gradient the sum of ``grad`` over its rows. Equal to autograd's up to float summation order
-    (tests/test_fast_linear_train.py). Not twice differentiable.
+    PyTorch runs an fp32 ``F.linear`` and its backward as BLAS sgemm calls (MKL in the official wheels), slower than
+    oneDNN's fp32 GEMM on the AMD hosts of docs/hosts.md (2048^3 peaks: 77-101 against 201-231 G MAC/s on
+    epyc-avx512-1202, 71-97 against 102-113 on epyc-avx512-1207). Backward: the input gradient is ``grad @ weight``,
+    the linear of ``grad`` with ``weight^T``; the weight gradient ``grad^T @ x``, the linear of ``grad^T`` with
+    ``x^T`` (transposed views, which the op copies where it needs them contiguous: the copies of docs/benchmarks.md's
+    ResMLP profile); the bias gradient the sum of ``grad`` over its rows. Equal to autograd's up to float summation
+    order (tests/test_fast_linear_train.py). Not twice differentiable.
     """
 
     @staticmethod
