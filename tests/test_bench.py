@@ -71,6 +71,14 @@ def test_bench_fp32_with_baseline(tmp_path, capsys):
     assert [r.model for r in results] == ['resmlp_s12', 'test_resnet'] and results[0].params == int(rows[0]['params'])
     assert (settings.batch_size, settings.threads, settings.dtype, settings.reparam) == (8, 1, 'fp32', False)
     assert env['torch'] == torch.__version__ and env['threads'] == '1'
+    # a folder without results, or with an empty CSV, is named in the error
+    from mlpvision.errors import UsageError
+    with pytest.raises(UsageError, match=r'has no bench.csv'):
+        read_outputs(tmp_path / 'missing')
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'bench.csv').write_text(open(tmp_path / 'bench.csv').readline())
+    with pytest.raises(UsageError, match=r'empty/bench.csv has no rows'):
+        read_outputs(tmp_path / 'empty')
 
 
 def test_bench_bf16_deploy_channels_last(tmp_path, capsys):

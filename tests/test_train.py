@@ -328,6 +328,16 @@ def test_plot_runs_draws_each_run_and_names_an_empty_one(tmp_path):
     assert eval_split_label(dict(dataset='cifar10', val_split='val')) == 'test'
     assert eval_split_label(dict(dataset='imagefolder', val_split='val')) == 'validation'
     assert eval_split_label(dict(dataset='caltech101')) == 'validation'
+    # an unreadable config.yaml says nothing about the split: the runs fall back to 'validation'
+    from mlpvision.engine.metrics import run_config
+    (tmp_path / 'b' / 'config.yaml').write_text('dataset: [unclosed\n')
+    assert run_config(tmp_path / 'b') is None and run_config(tmp_path / 'nowhere') is None
+    try:
+        plt.close = lambda fig=None: figs.append(fig)
+        plot_runs({'run a': tmp_path / 'a', 'run b': tmp_path / 'b'}, tmp_path / 'c.png')
+    finally:
+        plt.close = monkey_close
+    assert figs[-1].axes[0].get_title() == 'validation top-1 (%)'
     (tmp_path / 'empty').mkdir()
     with pytest.raises(ValueError, match=r"run 'x': no epoch rows in .*empty/metrics.csv"):
         plot_runs({'x': tmp_path / 'empty'}, tmp_path / 'd.png')

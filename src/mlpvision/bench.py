@@ -636,6 +636,8 @@ def read_outputs(out_dir: str | Path) -> tuple[list[BenchResult], BenchSettings,
     A CSV of a version without ``paper_dataset`` gets it from the registry.
     """
     out = Path(out_dir)
+    if not (out / 'bench.csv').is_file():
+        raise UsageError(f'{out} has no bench.csv: give a folder `mlpvision bench -o DIR` wrote')
     with open(out / 'bench.csv', newline='') as f:
         rows = list(csv.DictReader(f))
     if not rows:
