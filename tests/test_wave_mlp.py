@@ -57,8 +57,8 @@ def test_official_output_at_a_second_non_square_size(name):
 
 @pytest.mark.parametrize('name', ['wave_mlp_t_dw', 'wave_mlp_t', pytest.param('wave_mlp_s', marks=pytest.mark.slow)])
 def test_official_output_in_train_mode(name):
-    """Train mode (BatchNorm on the batch's statistics), where the phase convs' BN runs on a slice of the stacked
-    1x1 conv instead of being folded into it."""
+    """Train mode (BatchNorm on the batch's statistics), where each phase conv runs on its own and its BN on the
+    batch statistics of its output instead of being folded into a stacked conv."""
     rec = parity_record(name)['train_mode']
     model = _official(name).train()
     with torch.no_grad():

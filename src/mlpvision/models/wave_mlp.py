@@ -25,11 +25,12 @@ PATM, the phase-aware token mixing, on the block's normed input x (B, C, H, W):
 
 How it runs (same values up to float rounding): the three 1x1 convs that read x for the amplitudes and the c branch
 run as one conv with their kernels stacked, the two 1x1 phase convs as another with their BN folded in and the ReLU
-fused (eval mode); the waves are ``amp cos(phase - t pi/2)`` written into one buffer in three passes (:func:`_waves`);
-each grouped token-mixing conv runs as a depthwise conv over the 2C wave channels followed by the
-sum of each group's two outputs (the same multiply-adds; oneDNN's depthwise kernel is several times faster than its
-grouped one with two channels a group). The feature maps are stored channels-last after the stem
-(``channels_last=True``) and the convs run through oneDNN in CPU inference (:mod:`mlpvision.layers.fast_linear`).
+fused (eval mode; in training each phase conv runs alone, so that its BatchNorm gets a channels-last map); the waves
+are ``amp cos(phase - t pi/2)`` written into one buffer in three passes (:func:`_waves`); each grouped token-mixing
+conv runs as a depthwise conv over the 2C wave channels followed by the sum of each group's two outputs (the same
+multiply-adds; oneDNN's depthwise kernel is several times faster than its grouped one with two channels a group). The
+feature maps are stored channels-last after the stem (``channels_last=True``) and the convs run through oneDNN in CPU
+inference (:mod:`mlpvision.layers.fast_linear`).
 
 Deviations from the official code:
 
@@ -224,9 +225,11 @@ class PATM(nn.Module):
         if self.phase_mode != 'fc':
             return self.theta_h(x), self.theta_w(x)
         if self._phase_bn_training():  # the BNs' batch statistics: conv, then BN, then ReLU
-            conv = torch.cat([self.theta_h.conv.weight, self.theta_w.conv.weight])
-            y = pointwise_conv(x, conv, torch.cat([self.theta_h.conv.bias, self.theta_w.conv.bias]))  # B, 2C, H, W
-            return F.relu(self.theta_h.bn(y[:, :c])), F.relu(self.theta_w.bn(y[:, c:]))
+            # one conv each, not the stacked conv: a channel slice of a channels-last map is not channels-last, and
+            # BatchNorm's forward and backward on such a slice copy it and take a slow path (wave_mlp_t's fp32 step
+            # 1.10x and bf16 1.19x faster this way; docs/benchmarks.md)
+            return tuple(F.relu(t.bn(pointwise_conv(x, t.conv.weight, t.conv.bias)))
+                         for t in (self.theta_h, self.theta_w))
         params = (*self.theta_h.parameters(), *self.theta_h.buffers(), *self.theta_w.parameters(),
                   *self.theta_w.buffers())
         y = pointwise_conv(x, *derived_weights(self, params, self._phase_weights), act=self.theta_h.act)  # B, 2C
