@@ -80,6 +80,26 @@ def test_shift_equals_roll_reference_forward_and_backward(impl, pad_mode, dilati
         assert torch.equal(xa.grad, xb.grad), f'backward differs along dim {dim}'
 
 
+def test_zero_shift_keeps_the_memory_layout_forward_and_backward():
+    """The eager zero-filled shift (``_ZeroShift``) writes its output and its gradient in the input's layout: a
+    channels-last map stays channels-last both ways (autograd's gradient of the pad-narrow-cat form came back NCHW),
+    with the reference values, and the gradient is itself differentiable."""
+    x = torch.randn(2, 23, 9, 11).to(memory_format=torch.channels_last)
+    grad = torch.randn(2, 23, 9, 11).to(memory_format=torch.channels_last)
+    for dim in (2, 3):
+        xa = x.clone().requires_grad_()
+        y = AxialShift(23, 5, dim, dilation=3)(xa)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(y, roll_reference(x, dim, 5, 3, 'zero'))
+        (gx,) = torch.autograd.grad(y, xa, grad)
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+        xb = x.clone().requires_grad_()
+        roll_reference(xb, dim, 5, 3, 'zero').backward(grad)
+        assert torch.equal(gx, xb.grad)
+    x64 = torch.randn(1, 7, 6, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: AxialShift(7, 3, 3, dilation=2)(t), (x64,))
+
+
 def test_shift_reaching_beyond_the_map_is_zero_filled():
     x = torch.randn(1, 5, 3, 3)
     y = axial_shift(x, 3, 5, dilation=4)  # every group but the middle one moves by >= 4 > W
