@@ -112,6 +112,28 @@ def test_waves_are_the_official_concatenation():
         torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
+def test_waves_backward_is_autograds_in_float32_and_bf16():
+    """Under autograd the waves run ``_Waves`` (in-place forward, a backward from cos and sin of the phase): the same
+    values as the out-of-place form autograd differentiates, gradients within float rounding of its gradients (bf16:
+    within bf16's); with only one input requiring grad, only that one gets a gradient."""
+    y = torch.randn(2, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2 ** -7)):
+        amp, phase = y[:, :8].to(dtype), (y[:, 16:].relu() * 3).to(dtype)
+        a, p = amp.detach().requires_grad_(), phase.detach().requires_grad_()
+        a2, p2 = amp.detach().requires_grad_(), phase.detach().requires_grad_()
+        z, ref = wave_mlp._waves(a, p), wave_mlp._waves_plain(a2, p2)
+        assert torch.equal(z, ref)
+        w = torch.randn(z.shape).to(dtype)
+        grads = torch.autograd.grad((z * w).sum(), [a, p])
+        grads_ref = torch.autograd.grad((ref * w).sum(), [a2, p2])
+        for g, g_ref in zip(grads, grads_ref, strict=True):
+            assert g.dtype == dtype
+            assert (g.float() - g_ref.float()).abs().max() <= tol * g_ref.float().abs().max()
+    a = y[:, :8].clone().requires_grad_()
+    (ga,) = torch.autograd.grad(wave_mlp._waves(a, y[:, 16:]).sum(), [a])
+    torch.testing.assert_close(ga, torch.cos(y[:, 16:]) + torch.sin(y[:, 16:]))
+
+
 @pytest.mark.parametrize('phase_mode', ['fc', 'depthwise'])
 def test_train_and_eval_paths_against_nchw(phase_mode):
     """The stacked and folded convs (eval), the batch-statistics path (train) and their gradients, channels-last
