@@ -11,6 +11,7 @@ from mlpvision.layers.conv_bn import ConvBN
 from mlpvision.layers.fast_linear import (
     conv1x1,
     conv_act,
+    conv_add_act,
     conv_mlp_forward,
     linear,
     mlp_forward,
@@ -244,6 +245,46 @@ def test_conv_act_path_and_conv_bn(monkeypatch):
     reflect = nn.Conv2d(8, 16, 3, padding=1, padding_mode='reflect')
     with torch.no_grad():
         assert torch.equal(conv_act(x, reflect), reflect(x))  # not zero padding: the module
+
+
+@pytest.mark.parametrize('geometry', [dict(kernel_size=1), dict(kernel_size=3, stride=2, padding=1)])
+def test_conv_add_act_matches_the_sum_and_takes_the_fused_op_only_where_it_applies(geometry, monkeypatch):
+    """``relu(conv(x) + residual)``: one oneDNN convolution with the sum and the ReLU as post-ops on channels-last
+    maps in inference (fp32, bf16 autocast), the plain ops for NCHW maps, a residual of another dtype or layout, under
+    autograd and for another activation (oneDNN's binary convolution takes none after the sum)."""
+    act = nn.ReLU()
+    if not fast_linear._onednn_available():
+        pytest.skip('this torch has no oneDNN ops')
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(8, 16, **geometry)
+    x = torch.randn(2, 8, 12, 10, generator=g)
+    hw = (12, 10) if geometry['kernel_size'] == 1 else (6, 5)
+    res = torch.randn(2, 16, *hw, generator=g)
+    cl, res_cl = x.contiguous(memory_format=torch.channels_last), res.contiguous(memory_format=torch.channels_last)
+    calls = []
+    monkeypatch.setattr(conv, 'forward', lambda t: calls.append(1) or F.conv2d(t, conv.weight, conv.bias, **{
+        k: v for k, v in geometry.items() if k != 'kernel_size'}))
+    with torch.no_grad():
+        ref_sum = F.conv2d(x, conv.weight, conv.bias, **{k: v for k, v in geometry.items() if k != 'kernel_size'}) + res
+        ref = act(ref_sum)
+        y = conv_add_act(cl, conv, res_cl, act)
+        assert calls == [] and y.is_contiguous(memory_format=torch.channels_last)
+        _close(y, ref)
+        assert torch.equal(conv_add_act(x, conv, res, act), ref) and calls == [1]  # NCHW: the plain ops
+        _close(conv_add_act(cl, conv, res, act), ref)  # an NCHW residual: the plain ops
+        assert calls == [1, 1]
+        _close(conv_add_act(cl, conv, res_cl, nn.GELU()), F.gelu(ref_sum))
+        assert calls == [1, 1, 1]  # GELU after the sum: the plain ops
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            calls.clear()
+            y16 = conv_add_act(cl, conv, res_cl.bfloat16(), act)
+            assert calls == ([] if fast_linear.onednn_bf16_supported() else [1])
+            conv_add_act(cl, conv, res_cl, act)  # a float32 residual under bf16 autocast: the plain ops
+            assert calls[-1:] == [1]
+    assert y16.dtype == torch.bfloat16
+    assert (y16.float() - ref).abs().max().item() <= 2 ** -6 * ref.abs().max().item()
+    calls.clear()
+    assert conv_add_act(cl, conv, res_cl, act).requires_grad and calls == [1]  # autograd: the module
 
 
 def test_packed_weights_kept_per_dtype(monkeypatch):

@@ -57,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'conv2d', 'pointwise_conv', 'mlp_forward',
+__all__ = ['linear', 'grouped_linear', 'conv1x1', 'conv_act', 'conv_add_act', 'conv2d', 'pointwise_conv', 'mlp_forward',
            'conv_mlp_forward', 'derived_weights', 'set_onednn_linear', 'onednn_linear_enabled', 'onednn_bf16_supported',
            'dispatch_mode_active', 'tracing']
 
@@ -319,6 +319,31 @@ def conv_act(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module | None = None) -> 
         y = conv(x)
         return y if act is None else act(y)
     return _onednn_conv(x, conv.weight, conv.bias, dtype, geometry, act, None)
+
+
+def conv_add_act(x: torch.Tensor, conv: nn.Conv2d, residual: torch.Tensor, act: nn.Module) -> torch.Tensor:
+    """``act(conv(x) + residual)`` for a zero-padded ``nn.Conv2d``: a ResNet block's last conv, its shortcut and the
+    ReLU after the sum. Where the oneDNN path applies (as for :func:`conv_act`) and ``residual`` is a channels-last
+    map of the output's shape in the dtype the conv computes in, one oneDNN convolution with the sum and then a ReLU
+    as post-ops (oneDNN's binary convolution takes no GELU after the sum), stored channels-last: the two passes over
+    the map that the sum and the ReLU take otherwise (docs/benchmarks.md, RepMLP-Res50). Otherwise
+    ``act(conv(x) + residual)``."""
+    geometry = _geometry(conv)
+    fuses = type(act) is nn.ReLU
+    dtype = None if geometry is None or not fuses else _conv_dtype(x, conv.weight, conv.bias, residual)
+    if dtype is not None:
+        xd = x.to(torch.bfloat16) if dtype == torch.bfloat16 else x
+        padding, stride, dilation, groups = geometry
+        out_hw = tuple((size + 2 * p - d * (k - 1) - 1) // st + 1 for size, p, d, k, st in
+                       zip(x.shape[2:], padding, dilation, conv.kernel_size, stride, strict=True))
+        if (residual.dtype == xd.dtype and residual.is_contiguous(memory_format=torch.channels_last)
+                and tuple(residual.shape) == (x.shape[0], conv.out_channels, *out_hw)):
+            bias = _bf16(conv.bias) if dtype == torch.bfloat16 else conv.bias
+            weight = _packed(conv.weight, dtype, 'conv', (tuple(xd.shape), *geometry))
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                xd, residual, weight, bias, list(padding), list(stride), list(dilation), groups, 'add', None, 'relu',
+                [], None)
+    return act(conv(x) + residual)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -66,6 +66,11 @@ Deviations from the official code:
   head dropout (``drop_rate``);
 * a wrong input size raises ValueError instead of failing inside a reshape.
 
+How it runs (same values up to float rounding): on a channels-last map the RepMLP block writes its output
+channels-last (the same one copy as the official NCHW rearrangement), and in CPU inference of the deploy form each
+block's last conv adds the shortcut and applies the ReLU in the same oneDNN convolution
+(:func:`mlpvision.layers.fast_linear.conv_add_act`).
+
 ``no_weight_decay()`` is empty: the official repository has no training code for these models, and the paper's
 recipe (§4.2: SGD, weight decay 1e-4) names no exclusions.
 
@@ -95,6 +100,7 @@ from timm.layers import DropPath, register_notrace_module
 
 from .._checkpoint import register_checkpoint_filter
 from ..layers import ConvBN, GroupedLinear, bn_scale_shift, conv_to_fc, fold_affine_into_next_linear, pad_kernel
+from ..layers.fast_linear import conv_add_act, tracing
 from ._base import PyramidNet, SequentialStage, check_input, model_name, to_2tuple_int
 from ._factory import DeviceLike, accepts_aliases, factory_kwargs, variant_args
 from ._registry import ModelMeta, Weights, build_model, generate_cfgs, register_model
@@ -251,7 +257,12 @@ class RepMLPBlock(nn.Module):
         if not self.deploy:
             for k in self.local_kernels:
                 out = out + getattr(self, f'repconv{k}')(parts)
-        out = out.reshape(b, hp, wp, o, h, w).permute(0, 3, 1, 4, 2, 5)  # B, O, H/h, h, W/w, w
+        out = out.reshape(b, hp, wp, o, h, w)
+        if not tracing() and x.is_contiguous(memory_format=torch.channels_last):
+            # the same copy, into channels-last storage: the convs after it then run as oneDNN's (fast_linear)
+            out = out.permute(0, 1, 4, 2, 5, 3).reshape(b, height, width, o)  # B, H/h, h, W/w, w, O -> B, H, W, O
+            return out.permute(0, 3, 1, 2)  # B, O, H, W (channels-last)
+        out = out.permute(0, 3, 1, 4, 2, 5)  # B, O, H/h, h, W/w, w
         return out.reshape(b, o, height, width)
 
     def _local_kernel_bias(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,15 +314,27 @@ class RepMLPBlock(nn.Module):
 
 
 class _Residual(nn.Module):
-    """Base of the ResNet-style blocks: ``relu(drop_path(branch(x)) + shortcut(x))``."""
+    """Base of the ResNet-style blocks: ``relu(drop_path(branch(x)) + shortcut(x))``, where the branch ends in the
+    conv+BN named by ``last`` (no activation) and :meth:`body` is everything before it.
+
+    Without stochastic depth, the deploy form's last conv adds the shortcut and applies the ReLU in the same oneDNN
+    convolution in CPU inference (:func:`mlpvision.layers.fast_linear.conv_add_act`; same values up to float rounding).
+    """
 
     shortcut: nn.Module
     drop_path: nn.Module
+    last: str
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
+    def body(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.last)(self.body(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = getattr(self, self.last)
+        if last.deploy and (isinstance(self.drop_path, nn.Identity) or not self.training):
+            return conv_add_act(self.body(x), last.conv, self.shortcut(x), nn.ReLU())
         return torch.relu(self.drop_path(self.branch(x)) + self.shortcut(x))
 
 
@@ -328,8 +351,10 @@ class ResNetBottleneck(_Residual):
         self.conv3 = ConvBN(mid_chs, out_chs, 1, deploy=deploy)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.conv2(self.conv1(x)))
+    last = 'conv3'
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
 
 
 class RepMLPLightBlock(_Residual):
@@ -346,8 +371,10 @@ class RepMLPLightBlock(_Residual):
         self.conv3 = ConvBN(mid, out_chs, 1, deploy=deploy)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.act(self.repmlp(self.conv1(x))))
+    last = 'conv3'
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.repmlp(self.conv1(x)))
 
 
 class RepMLPBottleneckBlock(_Residual):
@@ -367,9 +394,10 @@ class RepMLPBottleneckBlock(_Residual):
         self.conv5 = ConvBN(mid, out_chs, 1, deploy=deploy)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def branch(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.repmlp(self.conv2(self.conv1(x))))
-        return self.conv5(self.conv4(x))
+    last = 'conv5'
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv4(self.act(self.repmlp(self.conv2(self.conv1(x)))))
 
 
 def _per_stage(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
