@@ -143,6 +143,30 @@ def test_grouped_linear_is_the_grouped_1x1_conv(groups):
     _close(nobias(x.reshape(5, groups, 32 // groups)), ref)
 
 
+def test_grouped_linear_bf16_inference_keeps_one_bf16_weight_copy(monkeypatch):
+    """Under bf16 autocast in inference the grouped FC runs on a bf16 copy of its weight kept between calls (made
+    again after the weight changes in place), with autocast's values; without autocast the float32 weight."""
+    from mlpvision.layers import fast_linear
+    if not (fast_linear._onednn_available() and fast_linear.onednn_bf16_supported()):
+        pytest.skip('no oneDNN bf16 on this CPU')
+    fc = GroupedLinear(32, 24, 4)
+    x = torch.randn(5, 4, 8, generator=_gen())
+    ref = F.conv2d(x.reshape(5, 32, 1, 1).bfloat16(), fc.weight.bfloat16(), fc.bias.bfloat16(), groups=4)
+    casts = []
+    real = fast_linear._bf16
+    monkeypatch.setattr(fast_linear, '_bf16', lambda t: casts.append(t is not None) or real(t))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        y = fc(x)
+        copy = fast_linear._bf16_copies[fc.weight][1]
+        y2 = fc(x)
+        assert fast_linear._bf16_copies[fc.weight][1] is copy  # kept, not cast again
+        fc.weight.mul_(2)
+        y3 = fc(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y2) and casts == [True] * 6
+    assert (y.float() - ref.reshape(5, 4, 6).float()).abs().max() <= 2 ** -6 * ref.float().abs().max()
+    assert fast_linear._bf16_copies[fc.weight][1] is not copy and not torch.equal(y3, y)
+
+
 @pytest.mark.parametrize('batch', [4, 64])  # 4: weight larger than the activations, computed as y^T = W x^T
 @pytest.mark.parametrize('bias', [True, False])
 def test_grouped_linear_gradients_are_the_grouped_1x1_convs(batch, bias):

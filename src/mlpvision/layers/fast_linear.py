@@ -163,11 +163,13 @@ def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
         return t
     if t.is_inference():  # no version counter to tell when it changes: cast every call
         return t.to(torch.bfloat16)
-    entry = _bf16_copies.get(t)
-    key = (t._version, t.data_ptr())
+    # a view made on each call (``weight.reshape(...)``) is keyed by the tensor it views, with its geometry
+    owner = t if t._base is None else t._base
+    entry = _bf16_copies.get(owner)
+    key = (t._version, t.data_ptr(), tuple(t.shape), t.stride())
     if entry is None or entry[0] != key:
         entry = (key, t.detach().to(torch.bfloat16))
-        _bf16_copies[t] = entry
+        _bf16_copies[owner] = entry
     return entry[1]
 
 
@@ -281,6 +283,10 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     m = weight.shape[1]
     if g == 1:
         return linear(x.reshape(n, k), weight.reshape(m, k), None if bias is None else bias.reshape(m)).reshape(n, 1, m)
+    if _onednn_dtype(x, weight, bias) == torch.bfloat16:
+        # inference under bf16 autocast: the weight's bf16 copy kept between calls (autocast would cast the whole
+        # weight, RepMLP's largest tensors, on every call: docs/benchmarks.md, RepMLP-Res50)
+        x, weight, bias = x.to(torch.bfloat16), _bf16(weight), _bf16(bias)
     if weight.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing() and n * (m + k) < m * k:
         # training with a weight larger than the activations (RepMLP's last stage: N = batch, 2 x 2048 x 2048): as
         # y^T = W x^T, whose weight gradient comes out in the weight's own (G, M, K) layout; written as x W^T
