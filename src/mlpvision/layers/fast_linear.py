@@ -338,17 +338,14 @@ def conv_add_act(x: torch.Tensor, conv: nn.Conv2d, residual: torch.Tensor, act: 
     fuses = type(act) is nn.ReLU
     dtype = None if geometry is None or not fuses else _conv_dtype(x, conv.weight, conv.bias, residual)
     if dtype is not None:
-        xd = x.to(torch.bfloat16) if dtype == torch.bfloat16 else x
-        padding, stride, dilation, groups = geometry
+        padding, stride, dilation, _ = geometry
         out_hw = tuple((size + 2 * p - d * (k - 1) - 1) // st + 1 for size, p, d, k, st in
                        zip(x.shape[2:], padding, dilation, conv.kernel_size, stride, strict=True))
-        if (residual.dtype == xd.dtype and residual.is_contiguous(memory_format=torch.channels_last)
+        if (residual.dtype == dtype and residual.is_contiguous(memory_format=torch.channels_last)
                 and tuple(residual.shape) == (x.shape[0], conv.out_channels, *out_hw)):
-            bias = _bf16(conv.bias) if dtype == torch.bfloat16 else conv.bias
-            weight = _packed(conv.weight, dtype, 'conv', (tuple(xd.shape), *geometry))
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                xd, residual, weight, bias, list(padding), list(stride), list(dilation), groups, 'add', None, 'relu',
-                [], None)
+            xd, weight, bias, args = _conv_operands(x, conv.weight, conv.bias, dtype, geometry)
+            return torch.ops.mkldnn._convolution_pointwise.binary(xd, residual, weight, bias, *args, 'add', None,
+                                                                   'relu', [], None)
     return act(conv(x) + residual)
 
 
@@ -405,14 +402,21 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return _onednn_conv(x, weight, bias, dtype, ((0, 0), (1, 1), (1, 1), 1), act, residual)
 
 
+def _conv_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
+                   geometry: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple]:
+    """A oneDNN convolution's operands in ``dtype``: the input (cast for bf16), the weight packed for its shape and
+    ``geometry``, the bias (its kept bf16 copy), and the geometry as the lists the op takes."""
+    if dtype == torch.bfloat16:
+        x, bias = x.to(torch.bfloat16), _bf16(bias)
+    weight = _packed(weight, dtype, 'conv', (tuple(x.shape), *geometry))
+    return x, weight, bias, tuple(list(g) if isinstance(g, tuple) else g for g in geometry)
+
+
 def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype,
                  geometry: tuple, act: nn.Module | None, residual: torch.Tensor | None) -> torch.Tensor:
     """``act(conv2d(x, weight, bias, *geometry)) + residual`` through oneDNN in ``dtype`` (from ``_conv_dtype``)."""
     out_chs = weight.shape[0]
-    if dtype == torch.bfloat16:
-        x, bias = x.to(torch.bfloat16), _bf16(bias)
-    weight = _packed(weight, dtype, 'conv', (tuple(x.shape), *geometry))
-    geometry = tuple(list(g) if isinstance(g, tuple) else g for g in geometry)  # the op takes lists
+    x, weight, bias, geometry = _conv_operands(x, weight, bias, dtype, geometry)
     if (residual is not None and act is None and residual.dtype == x.dtype and residual.shape[1] == out_chs
             and residual.is_contiguous(memory_format=torch.channels_last)):
         return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, weight, bias, *geometry, 'add', None, None,

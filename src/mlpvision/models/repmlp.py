@@ -313,6 +313,9 @@ class RepMLPBlock(nn.Module):
         self.deploy = True
 
 
+_RELU = nn.ReLU()  # the activation after each residual sum (a module: conv_add_act fuses it by its type)
+
+
 class _Residual(nn.Module):
     """Base of the ResNet-style blocks: ``relu(drop_path(branch(x)) + shortcut(x))``, where the branch ends in the
     conv+BN named by ``last`` (no activation) and :meth:`body` is everything before it.
@@ -334,7 +337,7 @@ class _Residual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = getattr(self, self.last)
         if last.deploy and (isinstance(self.drop_path, nn.Identity) or not self.training):
-            return conv_add_act(self.body(x), last.conv, self.shortcut(x), nn.ReLU())
+            return conv_add_act(self.body(x), last.conv, self.shortcut(x), _RELU)
         return torch.relu(self.drop_path(self.branch(x)) + self.shortcut(x))
 
 
